@@ -10,7 +10,18 @@ import sys
 
 from sanic import Sanic
 
+from app.assistant import setup_assistant
+from app.auth import setup_auth
+from app.auth.google import setup_google_auth
+from app.cache import setup_redis
 from app.config import ConfigError, Settings, load_settings
+from app.db import setup_database
+from app.ops.health import setup_health
+from app.ops.logging import setup_logging
+from app.ops.metrics import setup_metrics
+from app.ops.ratelimit import setup_rate_limit
+from app.ops.security import setup_security
+from app.web import setup_web
 
 APP_NAME = "assistantapp"
 
@@ -28,18 +39,10 @@ def create_app(settings: Settings | None = None) -> Sanic:
     app.config.SETTINGS = settings
     app.config.REQUEST_MAX_SIZE = settings.request_max_size
     app.config.FALLBACK_ERROR_FORMAT = "json"
-    app.config.OAS = settings.app_env != "production"
     app.config.CORS = False  # CORS is ours (app.ops.security): an allow-list with a clear 403.
 
-    from app.ops.logging import setup_logging
-    from app.ops.security import setup_security
-    from app.ops.ratelimit import setup_rate_limit
-    from app.ops.metrics import setup_metrics
-    from app.ops.health import setup_health
-    from app.db import setup_database
-    from app.cache import setup_redis
-    from app.auth import setup_auth
-
+    # Order matters: logging first (request ids), security before rate limiting (CORS
+    # preflights are answered without spending a request), metrics around everything.
     setup_logging(app, settings)
     setup_database(app, settings)
     setup_redis(app, settings)
@@ -48,4 +51,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
     setup_metrics(app, settings)
     setup_health(app, settings)
     setup_auth(app, settings)
+    setup_google_auth(app, settings)
+    setup_assistant(app, settings)
+    setup_web(app, settings)
     return app
