@@ -1,0 +1,54 @@
+# assistantapp — common tasks. Run as root on Debian 12 (apt packages are installed on demand).
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := python3-venv python3-dev build-essential postgresql redis-server nginx wrk \
+	debootstrap systemd-container nftables iproute2 openssh-client rsync chromium chromium-driver
+
+.PHONY: help setup apt venv test lint molecule bench clean
+
+help:
+	@echo "make test        - install what is needed, lint-free unit/integration tests with coverage"
+	@echo "make lint        - ruff, mypy, yamllint, ansible-lint"
+	@echo "make molecule    - every Molecule scenario on systemd-nspawn hosts"
+	@echo "make bench       - throughput/latency benchmark (wrk, loopback)"
+	@echo "make deploy-local - one local host, site.yml, prints the HTTPS URL"
+
+setup: apt venv
+
+# Installs only what is missing, so re-runs are fast and need no network.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "missing apt packages (run as root): $$missing"; exit 1; fi; \
+		echo "apt: installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(BIN)/activate: requirements.lock requirements-dev.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock -r requirements-dev.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(BIN)/activate
+
+venv: $(BIN)/activate
+
+test: setup
+	$(BIN)/pytest --cov=app --cov-report=term --cov-fail-under=80 -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check app tests bench testhosts
+	$(BIN)/mypy app
+	$(BIN)/yamllint -s .
+	$(BIN)/ansible-lint --profile production --offline
+
+molecule: setup
+	molecule/run-all
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf .tmp .coverage .coverage.* htmlcov build dist *.egg-info
