@@ -27,6 +27,9 @@ APP_NAME = "assistantapp"
 
 
 def create_app(settings: Settings | None = None) -> Sanic:
+    if not isinstance(settings, Settings):
+        # `sanic app:create_app --factory` calls the factory with its CLI arguments.
+        settings = None
     if settings is None:
         try:
             settings = load_settings()
