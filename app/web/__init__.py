@@ -1,9 +1,71 @@
-"""Placeholder until its owner lands it."""
+"""The web page (plain HTML/CSS/JS in app/web/static) and the OpenAPI documentation.
+
+The page is static: it talks to the JSON API with fetch, so it needs no templates and runs
+under the strict Content-Security-Policy of app.ops.security (every script and style is a
+file from 'self'; nothing inline, no CDN).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse, file
+
+from app.config import Settings
+
+STATIC_DIR = Path(__file__).parent / "static"
+INDEX_FILE = STATIC_DIR / "index.html"
+OPENAPI_JSON_PATH = "/docs/openapi.json"
+
+API_DESCRIPTION = """\
+JSON API of the assistant. Sign in with Google at `/auth/google` (browser flow); the
+callback issues an access token (Bearer, short-lived) and a refresh token. Send
+`Authorization: Bearer <accessToken>` to `/api/*`. Errors are always
+`{"error": message, "code": stable_code}` with a 4xx/5xx status.
+"""
 
 
-def setup_web(app: Any, settings: Any) -> None:
-    return None
+def setup_openapi(app: Sanic, settings: Settings) -> None:
+    """OpenAPI via sanic-ext: the JSON document only, never a CDN-loaded UI.
+
+    sanic-ext's Swagger and ReDoc pages load their scripts from public CDNs (and its
+    Swagger OAuth2 redirect page is even fetched from one at request time), which neither
+    our CSP nor an offline host allows; the document at /docs/openapi.json works with any
+    local viewer. Production serves no documentation at all.
+    """
+    enabled = not settings.is_production
+    app.config.update({
+        "OAS": enabled,
+        "OAS_UI_DEFAULT": None,
+        "OAS_UI_REDOC": False,
+        "OAS_UI_SWAGGER": False,
+        "OAS_URL_PREFIX": "/docs",
+        "OAS_URI_TO_JSON": "/openapi.json",
+        "OAS_IGNORE_HEAD": True,
+        "OAS_IGNORE_OPTIONS": True,
+    })
+    if not enabled:
+        return
+    app.ext.openapi.describe("assistantapp API", version="0.1.0",
+                             description=API_DESCRIPTION)
+    app.ext.openapi.add_security_scheme("bearerAuth", "http", scheme="bearer",
+                                        bearer_format="JWT")
+
+
+def setup_web(app: Sanic, settings: Settings) -> None:
+    setup_openapi(app, settings)
+
+    @app.get("/", name="web_index")
+    async def index(request: Request) -> HTTPResponse:
+        response = await file(INDEX_FILE, mime_type="text/html; charset=utf-8")
+        # The page is tiny and changes with each release: always revalidate.
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    app.static("/static", STATIC_DIR, name="web_static", use_modified_since=True)
+
+    @app.on_response
+    async def revalidate_static(request: Request, response: HTTPResponse) -> None:
+        if request.path.startswith("/static/") and response.status == 200:
+            response.headers["Cache-Control"] = "no-cache"
