@@ -1,13 +1,49 @@
-"""Shared fixtures: real PostgreSQL and Redis servers started for the test session."""
+"""Shared fixtures: real PostgreSQL and Redis servers started for the test session.
+
+Servers and raw databases
+- `postgres`, `redis_server` (session): throwaway servers (tests/servers.py).
+- `database_url`: a fresh, EMPTY database (no tables).
+- `valid_env`: a copy of VALID_ENV, an environment that passes config validation.
+
+A ready app (use these for endpoint tests)
+- `migrated_database_url`: a fresh database with the real aerich migrations applied
+  (cloned from a template migrated once per session with `python -m app.db.cli upgrade`,
+  so it costs one CREATE DATABASE per test).
+- `app_settings`: Settings from VALID_ENV + that database + the session Redis
+  (RATE_LIMIT_MAX_REQUESTS raised to 100000 so unrelated tests never hit the limit;
+  rate-limit tests build their own settings with dataclasses.replace(app_settings, ...)).
+- `app`: create_app(app_settings); Redis is flushed first. Call it with the ASGI client:
+  `_, response = await app.asgi_client.get("/api/me", headers=auth_headers(user))`
+  (every request runs the server start/stop listeners, so the ORM is set up per request).
+- `make_user`: `user = await make_user(email=..., **fields)` inserts a User row
+  (defaults: unique email, a name).
+- `auth_headers`: `auth_headers(user_or_id, scopes=("user",))` -> {"Authorization":
+  "Bearer <access token>"} signed with app_settings (no database access).
+- `db_session`: `async with db_session(): ...` opens the ORM on the test's migrated database
+  for direct queries/assertions outside requests (e.g. `await RefreshToken.filter(...)`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
+from sanic import Sanic
 
 from tests.servers import PostgresServer, RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATED_TEMPLATE_DB = "aa_migrated_template"
 
 VALID_ENV: dict[str, str] = {
     "APP_ENV": "test",
@@ -46,3 +82,113 @@ def database_url(postgres: PostgresServer) -> str:
 @pytest.fixture
 def valid_env() -> dict[str, str]:
     return dict(VALID_ENV)
+
+
+@pytest.fixture(scope="session")
+def migrated_template(postgres: PostgresServer) -> str:
+    """A database migrated once per session with the real CLI; tests clone it."""
+    url = postgres.create_database(MIGRATED_TEMPLATE_DB)
+    with tempfile.NamedTemporaryFile("w", suffix=".env") as empty_env:
+        result = subprocess.run(
+            [sys.executable, "-m", "app.db.cli", "upgrade", "--env-file", empty_env.name],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env={**os.environ, **VALID_ENV, "DATABASE_URL": url})
+    if result.returncode != 0:
+        raise RuntimeError(f"migrating the template database failed:\n{result.stdout}"
+                           f"\n{result.stderr}")
+    return MIGRATED_TEMPLATE_DB
+
+
+@pytest.fixture
+def migrated_database_url(postgres: PostgresServer, migrated_template: str) -> Iterator[str]:
+    """A fresh database at the migration head, for one test."""
+    name = f"m{next(_db_counter)}"
+    postgres.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    postgres.psql(f"CREATE DATABASE {name} OWNER {postgres.user} TEMPLATE {migrated_template}")
+    yield postgres.url(name)
+    postgres.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def app_settings(migrated_database_url: str, redis_server: RedisServer) -> Any:
+    from app.config import load_settings
+
+    return load_settings({**VALID_ENV, "DATABASE_URL": migrated_database_url,
+                          "REDIS_URL": redis_server.url(),
+                          "RATE_LIMIT_MAX_REQUESTS": "100000"}, env_file=None)
+
+
+@pytest.fixture
+def app(app_settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sanic]:
+    from app.factory import create_app
+
+    # sanic-ext prints its startup banner outside worker processes, and that banner builds
+    # the URL of an OpenAPI UI page we do not serve (app.web disables the CDN-loaded UIs),
+    # which raises on every ASGI test request. Pretend to be a worker: no banner.
+    monkeypatch.setenv("SANIC_WORKER_IDENTIFIER", "pytest")
+
+    client = redis.Redis.from_url(app_settings.redis_url)
+    try:
+        client.flushdb()  # no rate-limit counters or cached state from earlier tests
+    finally:
+        client.close()
+    # Sanic refuses a second app with the same name unless in test mode.
+    Sanic.test_mode = True
+    application = create_app(app_settings)
+    yield application
+    Sanic._app_registry.pop(application.name, None)
+
+
+@pytest.fixture
+def db_session(app_settings: Any) -> Callable[[], AbstractAsyncContextManager[None]]:
+    from tortoise import Tortoise
+    from tortoise.context import TortoiseContext
+
+    from app.db import tortoise_config
+
+    @asynccontextmanager
+    async def session() -> AsyncIterator[None]:
+        # A private ORM context: independent of (and invisible to) the app's own.
+        with TortoiseContext():
+            await Tortoise.init(config=tortoise_config(app_settings.database_url))
+            try:
+                yield
+            finally:
+                await Tortoise.close_connections()
+
+    return session
+
+
+@pytest.fixture
+def make_user(db_session: Callable[[], AbstractAsyncContextManager[None]]
+              ) -> Callable[..., Awaitable[Any]]:
+    from app.db.models import User
+
+    counter = itertools.count(1)
+
+    async def create(**fields: Any) -> User:
+        number = next(counter)
+        fields.setdefault("email", f"user{number}@example.com")
+        fields.setdefault("name", f"Test User {number}")
+        async with db_session():
+            return await User.create(**fields)
+
+    return create
+
+
+@pytest.fixture
+def auth_headers(app_settings: Any) -> Callable[..., dict[str, str]]:
+    from app.auth.tokens import DEFAULT_SCOPES, create_access_token
+
+    def headers(user: Any, scopes: Sequence[str] = DEFAULT_SCOPES,
+                settings: Any = None) -> dict[str, str]:
+        user_id = user if isinstance(user, int) else user.id
+        token = create_access_token(user_id, settings or app_settings, scopes)
+        return {"Authorization": f"Bearer {token}"}
+
+    return headers
+
+
+def replace_settings(settings: Any, **changes: Any) -> Any:
+    """dataclasses.replace for the frozen Settings (e.g. short token lifetimes)."""
+    return dataclasses.replace(settings, **changes)

@@ -1,9 +1,15 @@
-"""Placeholder until its owner lands it."""
+"""Authentication: JWT access/refresh tokens, the require_auth decorator, token routes.
+
+Google sign-in (app.auth.google) mints the first token pair with issue_token_pair().
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from sanic import Sanic
+
+from app.auth.routes import register_routes
+from app.config import Settings
 
 
-def setup_auth(app: Any, settings: Any) -> None:
-    return None
+def setup_auth(app: Sanic, settings: Settings) -> None:
+    register_routes(app)

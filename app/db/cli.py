@@ -1,0 +1,88 @@
+"""`python -m app db upgrade | downgrade --to VERSION | current | history`.
+
+The deployment records `current` (one line, the head version) for every release and
+rolls back with `downgrade --to <recorded head>`. Exit codes: 0 ok, 1 bad input or
+configuration, 2 database unreachable or migration failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from app.config import ConfigError, load_settings
+from app.db import migrate
+
+EXIT_OK = 0
+EXIT_USAGE = 1
+EXIT_DATABASE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--env-file", default=None, metavar="PATH",
+                        help="dotenv file to read settings from (default: .env if present)")
+    parser = argparse.ArgumentParser(prog="python -m app db", parents=[common],
+                                     description="Database migrations (aerich).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("upgrade", parents=[common], help="apply all pending migrations")
+    down = commands.add_parser("downgrade", parents=[common],
+                               help="undo migrations until VERSION is the head")
+    down.add_argument("--to", required=True, metavar="VERSION",
+                      help=f"version name or number as printed by `current`, or "
+                           f"'{migrate.BASE_VERSION}' to undo everything")
+    commands.add_parser("current", parents=[common], help="print the applied head version")
+    commands.add_parser("history", parents=[common],
+                        help="list shipped versions and whether each is applied")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    env_file = args.env_file
+    if env_file is not None and not Path(env_file).is_file():
+        print(f"Env file not found: {env_file}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        settings = load_settings(env_file=env_file if env_file is not None else ".env")
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_dispatch(args, settings.database_url))
+    except migrate.DatabaseUnavailableError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_DATABASE
+    except migrate.MigrationError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # a failing migration: say which error, without a traceback
+        print(f"Error: migration failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_DATABASE
+
+
+async def _dispatch(args: argparse.Namespace, database_url: str) -> int:
+    if args.command == "upgrade":
+        applied = await migrate.upgrade(database_url)
+        for version in applied:
+            print(f"Applied {version}")
+        head = await migrate.current(database_url)
+        print(f"Database is at {head}" if applied else f"Already up to date at {head}")
+    elif args.command == "downgrade":
+        undone = await migrate.downgrade_to(database_url, args.to)
+        for version in undone:
+            print(f"Reverted {version}")
+        head = await migrate.current(database_url)
+        print(f"Database is at {head}" if undone else f"Already at {head}")
+    elif args.command == "current":
+        print(await migrate.current(database_url))
+    elif args.command == "history":
+        for status in await migrate.history(database_url):
+            print(f"{status.name}\t{'applied' if status.applied else 'pending'}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
