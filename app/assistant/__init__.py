@@ -1,9 +1,33 @@
-"""Placeholder until its owner lands it."""
+"""The assistant: conversations API, the model client and the agents (general, email)."""
 
 from __future__ import annotations
 
-from typing import Any
+import httpx
+from sanic import Sanic
+
+from app.config import Settings
+
+# Gmail answers within seconds; a hung connection must not hold a chat turn for minutes.
+GMAIL_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
 
 
-def setup_assistant(app: Any, settings: Any) -> None:
-    return None
+def setup_assistant(app: Sanic, settings: Settings) -> None:
+    from app.assistant.agents import default_registry
+    from app.assistant.conversations import bp
+    from app.assistant.llm import ModelClient
+
+    app.blueprint(bp)
+    app.ctx.agents = default_registry()
+    app.ctx.llm = None
+
+    @app.before_server_start
+    async def start_assistant_clients(app: Sanic) -> None:
+        # Without a key (allowed in development only) the assistant answers "not configured".
+        app.ctx.llm = ModelClient(settings) if settings.openai_configured else None
+        app.ctx.gmail_http = httpx.AsyncClient(timeout=GMAIL_TIMEOUT)
+
+    @app.after_server_stop
+    async def stop_assistant_clients(app: Sanic) -> None:
+        if app.ctx.llm is not None:
+            await app.ctx.llm.close()
+        await app.ctx.gmail_http.aclose()
