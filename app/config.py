@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, cast
 AppEnv = Literal["development", "staging", "production", "test"]
 APP_ENVS: tuple[str, ...] = ("development", "staging", "production", "test")
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
-JWT_SECRET_PLACEHOLDER = "your_jwt_secret_key_here"
+JWT_SECRET_PLACEHOLDER = "your_jwt_secret_key_here"  # noqa: S105 - rejected value
 DEV_CORS_ORIGIN = "http://localhost:3000"
 
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)?\s*$")
@@ -115,7 +115,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GMAIL_API_BASE_URL", "gmail_api_base_url", "https://gmail.googleapis.com",
             "Base URL of the Gmail REST API."),
     Setting("OPENAI_API_KEY", "openai_api_key", None,
-            "OpenAI API key, starts with sk- (required outside development).", secret=True),
+            "OpenAI API key, starts with sk- (required).", secret=True),
     Setting("OPENAI_MODEL", "openai_model", "gpt-4o-mini", "Chat model name."),
     Setting("OPENAI_BASE_URL", "openai_base_url", "https://api.openai.com/v1",
             "Base URL of the OpenAI-compatible API."),
@@ -280,10 +280,6 @@ def _validate(values: dict[str, Any], provided: set[str]) -> list[str]:
     production = app_env == "production"
 
     required = ["GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET", "OPENAI_API_KEY", "JWT_SECRET"]
-    if app_env == "development":
-        # A developer may run the app without a model; the assistant then says it is not
-        # configured instead of the whole app refusing to start.
-        required.remove("OPENAI_API_KEY")
     for name in required:
         if name not in provided:
             errors.append(f"Required environment variable {name} is not set")
@@ -374,7 +370,7 @@ def _positive(values: dict[str, Any], errors: list[str], name: str, attr: str,
 
 
 def _mask_url(url: str) -> str:
-    return re.sub(r"//([^:/@]+):([^@]+)@", r"//\1:***@", url)
+    return re.sub(r"//([^:/@]*):([^@]+)@", r"//\1:***@", url)
 
 
 def settings_from(app_config: Any) -> Settings:
