@@ -1,0 +1,5 @@
+import sys
+
+from testhosts.cli import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""Where the tool keeps things and the fixed names of what it creates."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# The rootfs cache survives between runs (debootstrap is the slow part).
+CACHE_DIR = Path(os.environ.get("TESTHOSTS_CACHE_DIR", "/var/cache/assistantapp-testhosts"))
+# Host copies, the SSH keypair and supervisor pids live in the project's temp dir.
+STATE_DIR = Path(os.environ.get("TESTHOSTS_STATE_DIR", str(PROJECT_ROOT / ".tmp" / "testhosts")))
+
+BRIDGE = "aabr0"
+# Marks the bridge as ours, so `down` never deletes a bridge someone else made.
+BRIDGE_ALIAS = "assistantapp-testhosts"
+GATEWAY = "10.213.0.1"
+SUBNET = "10.213.0.0/24"
+PREFIX_LEN = 24
+NFT_TABLE = "assistantapp_testhosts"
+
+DISTROS = ("bookworm", "trixie")
+DEFAULT_DISTRO = "bookworm"
+# dbus: hostnamectl, systemd-run and the reboot module need it.
+# python3-apt: Ansible's apt module would otherwise install it on every host.
+BASE_PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "python3",
+    "python3-apt",
+    "sudo",
+    "openssh-server",
+    "iproute2",
+    "ca-certificates",
+)
+# Bump when the way a base rootfs is built changes: cached ones are rebuilt.
+ROOTFS_FORMAT = 1
+
+BOOT_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 20.0
+# systemd-nspawn's exit status when the container asked for a reboot.
+NSPAWN_REBOOT_EXIT = 133
+
+
+def hosts_dir() -> Path:
+    return STATE_DIR / "hosts"
+
+
+def ssh_key_path() -> Path:
+    return STATE_DIR / "ssh" / "id_ed25519"
