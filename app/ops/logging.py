@@ -1,9 +1,243 @@
-"""Placeholder until its owner lands it."""
+"""JSON-lines logging with request ids and secret redaction.
+
+Every record (ours, Sanic's access/error/server loggers, libraries') leaves the process as one
+JSON object per line on stdout (journald keeps it) and, if LOG_FILE_PATH is set, in that file.
+The formatter itself redacts, so no handler or logger can bypass it: bearer tokens, JWTs,
+API keys, passwords in URLs, `password=...`-style pairs, sensitive keys of structured extras,
+and the literal values of this deployment's secrets never reach a log line.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import json
+import logging
+import logging.handlers
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from sanic import Request, Sanic
+from sanic.response import BaseHTTPResponse
+
+from app.config import Settings
+from app.ops.clientip import client_ip
+
+REQUEST_ID_HEADER = "X-Request-ID"
+REDACTED = "[REDACTED]"
+
+# A client-supplied request id is kept only if it is short and plain, so it can neither
+# forge log structure nor smuggle data into logs; anything else gets a fresh id.
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None)
+
+access_log = logging.getLogger("app.access")
+
+SANIC_LOGGERS = ("sanic.root", "sanic.error", "sanic.access", "sanic.server",
+                 "sanic.websockets")
+
+_SENSITIVE_KEY = re.compile(
+    r"(pass(word|wd)?|secret|token|api[_-]?key|authorization|cookie|credential|"
+    r"private[_-]?key|session)", re.IGNORECASE)
+
+# (pattern, replacement) applied to every string that reaches a log line.
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Authorization: Bearer/Basic <credentials>
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 " + REDACTED),
+    # JSON Web Tokens anywhere (header.payload.signature, base64url)
+    (re.compile(r"\beyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"), REDACTED),
+    # OpenAI-style API keys
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"), "sk-" + REDACTED),
+    # user:password@ in URLs
+    (re.compile(r"(://[^:/@\s]*):[^@\s/]+@"), r"\1:" + REDACTED + "@"),
+    # key=value / key: value / "key": "value" for sensitive keys
+    (re.compile(
+        r"""(?ix)
+        (\b[\w\-]*(?:pass(?:word|wd)?|secret|token|api[_-]?key|authorization|cookie)[\w\-]*
+         ["']?\s*[:=]\s*["']?)
+        (?!\[REDACTED)([^\s"'&,;}]+)"""),
+     r"\1" + REDACTED),
+)
+
+_STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message", "asctime", "taskName"}
 
 
-def setup_logging(app: Any, settings: Any) -> None:
-    return None
+class Redactor:
+    """Masks secrets in strings and structured values."""
+
+    def __init__(self, secret_values: Iterable[str] = ()) -> None:
+        # Only values long enough to be secrets: masking "a" would mangle every line.
+        self.secret_values = sorted({v for v in secret_values if v and len(v) >= 8},
+                                    key=len, reverse=True)
+
+    def text(self, value: str) -> str:
+        for secret in self.secret_values:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        for pattern, replacement in _PATTERNS:
+            value = pattern.sub(replacement, value)
+        return value
+
+    def value(self, value: Any, key: str = "") -> Any:
+        if key and _SENSITIVE_KEY.search(key) and value not in (None, "", 0):
+            return REDACTED
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {str(k): self.value(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self.value(v) for v in value]
+        if isinstance(value, int | float | bool) or value is None:
+            return value
+        return self.text(str(value))
+
+
+def secret_values_of(settings: Settings) -> list[str]:
+    """The literal secrets of this deployment, including passwords inside URLs."""
+    values = [settings.jwt_secret, settings.google_client_secret, settings.openai_api_key,
+              settings.google_token_encryption_key]
+    for url in (settings.database_url, settings.redis_url):
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        if password:
+            values.append(password)
+    return values
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, pid, request_id, extras, exc."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self.redactor = redactor or Redactor()
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad %-format must not lose the record
+            message = f"{record.msg!r} {record.args!r}"
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": self.redactor.text(message),
+            "pid": record.process,
+        }
+        request_id = getattr(record, "request_id", None) or request_id_var.get()
+        if request_id:
+            entry["request_id"] = request_id
+        for key, value in record.__dict__.items():
+            if key in _STANDARD_ATTRS or key in entry or key.startswith("_"):
+                continue
+            entry[key] = self.redactor.value(value, key)
+        if record.exc_info:
+            entry["exc"] = self.redactor.text(self.formatException(record.exc_info))
+        elif record.exc_text:
+            entry["exc"] = self.redactor.text(record.exc_text)
+        if record.stack_info:
+            entry["stack"] = self.redactor.text(self.formatStack(record.stack_info))
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def _tag(handler: logging.Handler) -> logging.Handler:
+    handler._assistantapp = True  # type: ignore[attr-defined]
+    return handler
+
+
+def configure_logging(settings: Settings) -> list[logging.Handler]:
+    """Install the JSON handlers on the root logger (idempotent: replaces earlier ones)."""
+    level = getattr(logging, settings.log_level.upper(), logging.INFO)
+    formatter = JsonFormatter(Redactor(secret_values_of(settings)))
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_assistantapp", False):
+            root.removeHandler(handler)
+            handler.close()
+
+    handlers: list[logging.Handler] = [_tag(logging.StreamHandler(sys.stdout))]
+    file_error: str | None = None
+    if settings.log_file_path:
+        try:
+            Path(settings.log_file_path).parent.mkdir(parents=True, exist_ok=True)
+            # Watched: logrotate may move the file; the handler reopens it.
+            handlers.append(_tag(logging.handlers.WatchedFileHandler(
+                settings.log_file_path, encoding="utf-8")))
+        except OSError as exc:
+            file_error = f"cannot open LOG_FILE_PATH {settings.log_file_path}: {exc}"
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(level)
+
+    # Sanic's loggers get their own console handlers from Sanic(); drop them so their
+    # records propagate to the root logger and come out as JSON like everything else.
+    for name in SANIC_LOGGERS:
+        sanic_logger = logging.getLogger(name)
+        for handler in list(sanic_logger.handlers):
+            sanic_logger.removeHandler(handler)
+        sanic_logger.setLevel(level)
+        sanic_logger.propagate = True
+    if file_error:
+        logging.getLogger(__name__).warning("%s; logging to stdout only", file_error)
+    return handlers
+
+
+def _safe_client_ip(request: Request) -> str | None:
+    # A response middleware that raises would skip the others (security headers): never.
+    try:
+        return client_ip(request)
+    except Exception:
+        return None
+
+
+def request_id_from(header_value: str | None) -> str:
+    if header_value and _SANE_REQUEST_ID.match(header_value):
+        return header_value
+    return uuid.uuid4().hex
+
+
+def setup_logging(app: Sanic, settings: Settings) -> None:
+    configure_logging(settings)
+    # Our access line (with request id, client IP and duration) replaces Sanic's.
+    app.config.ACCESS_LOG = False
+
+    async def assign_request_id(request: Request) -> None:
+        request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+        request.ctx.request_id = request_id
+        request.ctx.started_at = time.perf_counter()
+        request_id_var.set(request_id)
+
+    async def log_and_tag_response(request: Request, response: BaseHTTPResponse) -> None:
+        request_id = getattr(request.ctx, "request_id", None)
+        if request_id is None:  # request middleware did not run (e.g. a malformed request)
+            request_id = request_id_from(None)
+            request.ctx.request_id = request_id
+        response.headers[REQUEST_ID_HEADER] = request_id
+        started = getattr(request.ctx, "started_at", None)
+        duration_ms = (round((time.perf_counter() - started) * 1000, 3)
+                       if started is not None else None)
+        status = response.status
+        level = logging.ERROR if status >= 500 else logging.INFO
+        access_log.log(level, "%s %s %s", request.method, request.path, status, extra={
+            "request_id": request_id,
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+            "duration_ms": duration_ms,
+            "client_ip": _safe_client_ip(request),
+        })
+
+    app.on_request(assign_request_id, priority=1000)
+    app.on_response(log_and_tag_response, priority=-1000)
