@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import httpx2
 import openai
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageFunctionToolCall
@@ -113,6 +114,10 @@ class ModelClient:
             raise
         except openai.OpenAIError as exc:
             raise translate_openai_error(exc) from exc
+        except (httpx2.HTTPError, ValueError) as exc:
+            # A stream that breaks half-way surfaces the transport's exception, unwrapped.
+            raise AssistantError(502, "upstream_error",
+                                 "The model service broke off its answer") from exc
 
     async def _stream(self, messages: list[dict[str, Any]], extra: dict[str, Any],
                       on_token: TokenCallback) -> ModelTurn:

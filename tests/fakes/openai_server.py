@@ -51,6 +51,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before the response starts (timeout injection)
     token_delay: float = 0.0  # seconds between streamed chunks
+    cut_after: int | None = None  # streamed: drop the connection after this many tokens
 
 
 Responder = Callable[[dict[str, Any]], Reply]
@@ -197,7 +198,13 @@ class FakeOpenAI(FakeServer):
 
         write(json.dumps(chunk({"role": "assistant", "content": "", "refusal": None})))
         first = True
-        for token in _tokens(reply.content) if reply.content else []:
+        for number, token in enumerate(_tokens(reply.content) if reply.content else []):
+            if reply.cut_after is not None and number >= reply.cut_after:
+                # A broken upstream: the chunked body ends without its terminator.
+                handler.close_connection = True
+                handler.wfile.flush()
+                handler.connection.shutdown(2)
+                return
             if reply.token_delay and not first:
                 time.sleep(reply.token_delay)
             if first:
