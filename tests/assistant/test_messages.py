@@ -120,7 +120,7 @@ async def test_upstream_failures_keep_the_user_message(
     assert response.json["code"] == code
     assert response.json["error"]
     stored = await stored_messages(cid)
-    assert [(m.role, m.content, m.status) for m in stored][0] == (
+    assert (stored[0].role, stored[0].content, stored[0].status) == (
         "user", "Please answer", "complete")
     assert response.json["userMessageId"] == stored[0].id
     assert [(m.role, m.status) for m in stored[1:]] == [("assistant", "error")]
