@@ -16,6 +16,7 @@ from app.config import Settings
 
 STATIC_DIR = Path(__file__).parent / "static"
 INDEX_FILE = STATIC_DIR / "index.html"
+DOCS_PAGE = Path(__file__).parent / "docs" / "index.html"
 OPENAPI_JSON_PATH = "/docs/openapi.json"
 
 API_DESCRIPTION = """\
@@ -27,18 +28,21 @@ callback issues an access token (Bearer, short-lived) and a refresh token. Send
 
 
 def setup_openapi(app: Sanic, settings: Settings) -> None:
-    """OpenAPI via sanic-ext: the JSON document only, never a CDN-loaded UI.
+    """OpenAPI via sanic-ext, with an offline reference page instead of a CDN-loaded UI.
 
     sanic-ext's Swagger and ReDoc pages load their scripts from public CDNs (and its
     Swagger OAuth2 redirect page is even fetched from one at request time), which neither
-    our CSP nor an offline host allows; the document at /docs/openapi.json works with any
-    local viewer. Production serves no documentation at all.
+    our CSP nor an offline host allows. Its "redoc" slot serves our own page instead
+    (app/web/docs/index.html + static/docs.js render /docs/openapi.json), at /docs.
+    Production serves no documentation at all.
     """
     enabled = not settings.is_production
     app.config.update({
         "OAS": enabled,
-        "OAS_UI_DEFAULT": None,
-        "OAS_UI_REDOC": False,
+        "OAS_UI_DEFAULT": "redoc",
+        "OAS_UI_REDOC": True,
+        "OAS_PATH_TO_REDOC_HTML": str(DOCS_PAGE),
+        "OAS_UI_REDOC_HTML_TITLE": "assistantapp API reference",
         "OAS_UI_SWAGGER": False,
         "OAS_URL_PREFIX": "/docs",
         "OAS_URI_TO_JSON": "/openapi.json",
