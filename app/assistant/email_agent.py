@@ -204,7 +204,7 @@ class EmailAgent(Agent):
             if name == "search_messages":
                 query = args.get("q")
                 if not isinstance(query, str):
-                    return untrusted({"error": "q (a Gmail search string) is required"})
+                    return json.dumps({"error": "q (a Gmail search string) is required"})
                 max_results = args.get("max_results", 10)
                 if not isinstance(max_results, int):
                     max_results = 10
