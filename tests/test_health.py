@@ -1,0 +1,302 @@
+"""/health, /health/ready and /health/live against a real server process, real PostgreSQL and
+real Redis — including outages of each and recovery without restarting the app.
+
+The outage tests stop and start servers, so this module runs its own PostgreSQL and Redis
+instead of the session-wide ones other tests share.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import VALID_ENV
+from tests.servers import PostgresServer, RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SANIC = str(Path(sys.executable).with_name("sanic"))
+pytestmark = pytest.mark.slow
+
+
+class AppServer:
+    """The real app, started like production: `sanic app:create_app --factory`."""
+
+    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        # The test runner's coverage/metrics variables must not leak into the server.
+        base = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANTAPP_")}
+        self.env = {**base, **VALID_ENV, "RATE_LIMIT_MAX_REQUESTS": "1000000", **env}
+        self.workers = workers
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(tempfile.gettempdir()) / f"assistantapp-test-{self.port}.log"
+
+    def start(self) -> AppServer:
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [SANIC, "app:create_app", "--factory", "--workers", str(self.workers),
+                 "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        try:
+            wait_until(self._serving, timeout=30)
+        except Exception:
+            output = self.log.read_text(errors="replace")[-3000:]
+            self.stop()
+            raise AssertionError(f"app did not start:\n{output}") from None
+        return self
+
+    def _serving(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited with {self.proc.returncode}")
+        return self.get("/health/live").status_code == 200
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.base_url + path, timeout=10, **kwargs)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+        self.log.unlink(missing_ok=True)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0,
+               interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last error: {last_error})")
+
+
+class _FakeApiHandler(BaseHTTPRequestHandler):
+    """Answers like Google's discovery document and OpenAI's /models would."""
+
+    def do_GET(self) -> None:
+        if self.path.endswith("/models"):
+            ok = self.headers.get("Authorization") == f"Bearer {VALID_ENV['OPENAI_API_KEY']}"
+            body: dict[str, Any] = ({"object": "list", "data": [{"id": "gpt-4o-mini"}]} if ok
+                                    else {"error": {"message": "Incorrect API key"}})
+            status = 200 if ok else 401
+        else:
+            body, status = {"issuer": "https://accounts.google.com"}, 200
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def fake_external() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeApiHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer().init()
+    server.start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="module")
+def app_env(own_postgres: PostgresServer, own_redis: RedisServer,
+            fake_external: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": own_postgres.create_database("health"),
+        "REDIS_URL": own_redis.url(),
+        "GOOGLE_DISCOVERY_URL": f"{fake_external}/.well-known/openid-configuration",
+        "OPENAI_BASE_URL": f"{fake_external}/v1",
+        "HEALTH_CHECK_INTERVAL": "300",
+    }
+
+
+@pytest.fixture(scope="module")
+def app_server(app_env: dict[str, str]) -> Iterator[AppServer]:
+    server = AppServer(app_env).start()
+    yield server
+    server.stop()
+
+
+def _externals_checked(server: AppServer) -> dict[str, Any]:
+    body: dict[str, Any] = server.get("/health").json()
+    external = body["externalServices"]
+    return body if all(v["status"] != "unknown" for v in external.values()) else {}
+
+
+def _external_checked(server: AppServer, name: str) -> dict[str, Any] | None:
+    result: dict[str, Any] = server.get("/health").json()["externalServices"][name]
+    return result if result["status"] != "unknown" else None
+
+
+def test_all_up_is_healthy_with_the_seed_fields(app_server: AppServer) -> None:
+    wait_until(lambda: _externals_checked(app_server))
+    response = app_server.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "healthy"
+    for key in ("timestamp", "uptime", "environment", "version", "pythonVersion", "memory",
+                "pid", "services", "agents", "database", "externalServices", "responseTime"):
+        assert key in body, key
+    assert body["environment"] == "test"
+    assert body["version"] == "0.1.0"
+    assert body["pythonVersion"] == ".".join(map(str, sys.version_info[:3]))
+    assert body["memory"]["rssBytes"] > 1_000_000
+    assert isinstance(body["pid"], int) and body["pid"] != os.getpid()
+    assert body["services"] == {"database": "healthy", "redis": "healthy", "auth": "healthy",
+                                "rateLimiter": "healthy"}
+    assert body["database"]["status"] == "healthy"
+    assert 0 <= body["database"]["latencyMs"] < 2000
+    assert body["externalServices"]["google"]["status"] == "reachable"
+    assert body["externalServices"]["openai"]["status"] == "reachable"
+    assert body["externalServices"]["openai"]["httpStatus"] == 200
+    assert body["agents"]["total"] == 0
+    assert body["responseTime"] >= 0
+    assert app_server.get("/health/ready").json() == {"status": "ready"}
+    assert app_server.get("/health/live").status_code == 200
+
+
+def test_postgres_outage_degrades_and_recovers_without_restart(
+        app_server: AppServer, own_postgres: PostgresServer) -> None:
+    wait_until(lambda: app_server.get("/health").status_code == 200)
+    own_postgres.stop()
+    try:
+        health = app_server.get("/health")
+        assert health.status_code == 503
+        body = health.json()
+        assert body["status"] == "degraded"
+        assert body["services"]["database"] == "unhealthy"
+        assert body["database"] == {"status": "unhealthy", "latencyMs": None}
+        assert body["services"]["redis"] == "healthy"
+        ready = app_server.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "not ready"
+        assert any(reason.startswith("database:") for reason in ready.json()["reasons"])
+        assert app_server.get("/health/live").status_code == 200
+    finally:
+        own_postgres.start()
+    wait_until(lambda: app_server.get("/health").status_code == 200, timeout=20)
+    assert app_server.get("/health/ready").status_code == 200
+
+
+def test_redis_outage_degrades_and_recovers_without_restart(
+        app_server: AppServer, own_redis: RedisServer) -> None:
+    wait_until(lambda: app_server.get("/health").status_code == 200)
+    own_redis.stop()
+    try:
+        health = app_server.get("/health")
+        assert health.status_code == 503
+        body = health.json()
+        assert body["status"] == "degraded"
+        assert body["services"]["redis"] == "unhealthy"
+        assert body["services"]["rateLimiter"] == "degraded"
+        assert body["services"]["database"] == "healthy"
+        ready = app_server.get("/health/ready")
+        assert ready.status_code == 503
+        assert any(reason.startswith("redis:") for reason in ready.json()["reasons"])
+        assert app_server.get("/health/live").status_code == 200
+        # The limiter failed open on the /health requests above, and says so.
+        limiter = app_server.get("/health").json()["serviceDetails"]["rateLimiter"]
+        assert limiter["status"] == "degraded" and limiter["redisErrors"] >= 1
+        metrics = app_server.get("/metrics").text
+        assert "assistantapp_ratelimit_redis_errors_total 0\n" not in metrics
+    finally:
+        own_redis.start()
+    wait_until(lambda: app_server.get("/health").status_code == 200, timeout=20)
+    assert app_server.get("/health/ready").status_code == 200
+
+
+def test_unreachable_external_services_are_reported_and_health_stays_fast(
+        app_env: dict[str, str]) -> None:
+    closed_port = free_port()  # nothing listens here: connection refused
+    # A listener that never answers: only a timeout ends a request to it.
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(16)
+    server = AppServer({
+        **app_env,
+        "GOOGLE_DISCOVERY_URL": f"http://127.0.0.1:{closed_port}/.well-known/x",
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{blackhole.getsockname()[1]}/v1",
+        "HEALTH_CHECK_INTERVAL": "60000",
+    })
+    try:
+        server.start()
+        for _ in range(3):
+            started = time.monotonic()
+            response = server.get("/health")
+            # Never waits for the 2 s probe timeout of the black hole.
+            assert time.monotonic() - started < 1.0
+        google = wait_until(lambda: _external_checked(server, "google"))
+        assert google["status"] == "unreachable"
+        assert "ConnectError" in google["error"]
+        body = wait_until(lambda: _externals_checked(server), timeout=10)
+        assert body["externalServices"]["openai"]["status"] == "unreachable"
+        assert "Timeout" in body["externalServices"]["openai"]["error"]
+        response = server.get("/health")
+        assert response.status_code == 503
+        assert response.json()["status"] == "degraded"
+        # Local services are fine, so the instance is still ready to serve.
+        assert server.get("/health/ready").status_code == 200
+    finally:
+        server.stop()
+        blackhole.close()
+
+
+def test_rejected_openai_key_is_reported(app_env: dict[str, str]) -> None:
+    server = AppServer({**app_env, "OPENAI_API_KEY": "sk-wrong-key-0000000000"}).start()
+    try:
+        body = wait_until(lambda: _externals_checked(server))
+        openai = body["externalServices"]["openai"]
+        assert openai["status"] == "error"
+        assert openai["httpStatus"] == 401
+        assert body["externalServices"]["google"]["status"] == "reachable"
+        assert server.get("/health").status_code == 503
+    finally:
+        server.stop()
