@@ -63,7 +63,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         r"""(?ix)
         (\b[\w\-]*(?:pass(?:word|wd)?|secret|token|api[_-]?key|authorization|cookie)[\w\-]*
          ["']?\s*[:=]\s*["']?)
-        (?!\[REDACTED)([^\s"'&,;}]+)"""),
+        (?!\[REDACTED|(?:bearer|basic)\s)([^\s"'&,;}]+)"""),
      r"\1" + REDACTED),
 )
 
