@@ -8,6 +8,7 @@ URL, so the code paths under test are the ones that run in production.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,12 @@ class RecordedRequest:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Like real servers: without TCP_NODELAY each small SSE chunk waits for the client's
+        # delayed ACK (~40 ms), which would swamp any latency measurement.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet test output
         return
