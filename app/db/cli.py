@@ -21,11 +21,15 @@ EXIT_DATABASE = 2
 
 
 def _parser() -> argparse.ArgumentParser:
+    # --env-file is accepted before or after the command (two dests: argparse would let the
+    # subcommand's default overwrite a value given before the command).
+    env_help = "dotenv file to read settings from (default: .env if present)"
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--env-file", default=None, metavar="PATH",
-                        help="dotenv file to read settings from (default: .env if present)")
-    parser = argparse.ArgumentParser(prog="python -m app db", parents=[common],
+    common.add_argument("--env-file", default=None, metavar="PATH", help=env_help)
+    parser = argparse.ArgumentParser(prog="python -m app db",
                                      description="Database migrations (aerich).")
+    parser.add_argument("--env-file", dest="global_env_file", default=None, metavar="PATH",
+                        help=env_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("upgrade", parents=[common], help="apply all pending migrations")
     down = commands.add_parser("downgrade", parents=[common],
@@ -41,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    env_file = args.env_file
+    env_file = args.env_file or args.global_env_file
     if env_file is not None and not Path(env_file).is_file():
         print(f"Env file not found: {env_file}", file=sys.stderr)
         return EXIT_USAGE
