@@ -110,11 +110,9 @@ class AgentRegistry:
 
 
 def record_agent_execution(app: Sanic, agent: str, success: bool, duration_s: float) -> None:
-    # Resolved at call time: app.ops.metrics (its owner's module) aggregates the statistics
-    # across worker processes for /health and /metrics.
-    record = getattr(metrics, "record_agent_execution", None)
-    if record is not None:
-        record(app, agent, success, duration_s)
+    # app.ops.metrics aggregates the statistics across worker processes for /health and
+    # /metrics; looked up at call time so tests can observe the calls.
+    metrics.record_agent_execution(app, agent, success, duration_s)
 
 
 def default_registry() -> AgentRegistry:

@@ -235,3 +235,23 @@ async def test_agent_runs_are_recorded(app: Any, make_user: Any, auth_headers: A
     assert (await _post(app, cid, auth_headers(user), content="two")).status == 502
     assert [(a, s) for a, s, _ in recorded] == [("general", True), ("general", False)]
     assert recorded[0][2] >= 0.05
+
+
+async def test_agent_statistics_reach_health(app: Any, gmail_user: Any, auth_headers: Any,
+                                             new_conversation: Any,
+                                             fake_openai: FakeOpenAI) -> None:
+    user = await gmail_user()
+    cid = await new_conversation(user)
+    fake_openai.enqueue(Reply(content="fine"), Reply(status=500), Reply(content="mail ok"))
+    assert (await _post(app, cid, auth_headers(user), content="a")).status == 200
+    assert (await _post(app, cid, auth_headers(user), content="b")).status == 502
+    assert (await _post(app, cid, auth_headers(user), content="c", agent="email")).status == 200
+
+    _, health = await app.asgi_client.get("/health")
+    agents = health.json["agents"]
+    assert agents["byAgent"]["general"]["total"] == 2
+    assert agents["byAgent"]["general"]["successful"] == 1
+    assert agents["byAgent"]["general"]["failed"] == 1
+    assert agents["byAgent"]["email"] == {**agents["byAgent"]["email"], "total": 1,
+                                          "successful": 1, "failed": 0}
+    assert agents["total"] == 3
