@@ -9,6 +9,7 @@ from sanic.exceptions import BadRequest
 from sanic.response import HTTPResponse, json
 
 from app.auth.decorators import require_auth
+from app.auth.google import clear_refresh_cookie, refresh_token_from_cookie, set_refresh_cookie
 from app.auth.tokens import (
     TokenError,
     revoke_presented_token,
@@ -68,15 +69,29 @@ def serialize_user(user: User, claims: dict[str, Any] | None = None) -> dict[str
 
 async def refresh(request: Request) -> HTTPResponse:
     settings = settings_from(request.app.config)
+    # The web page holds its refresh token in an HttpOnly cookie (app.auth.google); a token
+    # in the body wins, so API clients are unaffected.
+    cookie_token = refresh_token_from_cookie(request)
     try:
-        token = _refresh_token_field(_json_body(request, required=True), required=True)
+        body = _json_body(request, required=cookie_token is None)
+        body_token = _refresh_token_field(body, required=cookie_token is None)
     except _BodyError as exc:
         return exc.response
+    from_cookie = body_token is None
+    token = body_token or cookie_token
     assert token is not None
     try:
         pair = await rotate_refresh_token(token, settings)
     except TokenError as exc:
-        return json_error(exc.status, exc.message, exc.code)
+        response = json_error(exc.status, exc.message, exc.code)
+        if from_cookie:
+            clear_refresh_cookie(response)
+        return response
+    if from_cookie:
+        # The rotated token replaces the cookie and never reaches page scripts.
+        response = json({k: v for k, v in pair.items() if k != "refreshToken"})
+        set_refresh_cookie(response, str(pair["refreshToken"]), settings)
+        return response
     return json(pair)
 
 
@@ -88,6 +103,8 @@ async def logout(request: Request) -> HTTPResponse:
         token = _refresh_token_field(_json_body(request, required=False), required=False)
     except _BodyError as exc:
         return exc.response
+    from_cookie = token is None and refresh_token_from_cookie(request) is not None
+    token = token or refresh_token_from_cookie(request)
     revoke_all = request.args.get("all", "").lower() in {"1", "true", "yes"}
     if revoke_all:
         revoked = await revoke_user_tokens(user_id)
@@ -95,13 +112,17 @@ async def logout(request: Request) -> HTTPResponse:
         try:
             revoked = await revoke_presented_token(token, user_id, settings)
         except TokenError:
-            return json_error(400, "refreshToken is not a valid refresh token of this user",
-                              "invalid_refresh_token")
+            if not from_cookie:
+                return json_error(400, "refreshToken is not a valid refresh token of this user",
+                                  "invalid_refresh_token")
+            revoked = 0  # a stale browser cookie: nothing left to revoke, just drop it
     else:
         # Access tokens are stateless: without a refresh token there is nothing to revoke;
         # the client drops its access token, which expires on its own.
         revoked = 0
-    return json({"success": True, "revoked": revoked})
+    response = json({"success": True, "revoked": revoked})
+    clear_refresh_cookie(response)  # the web page's session cookie (app.auth.google)
+    return response
 
 
 @require_auth()
