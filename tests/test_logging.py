@@ -126,6 +126,15 @@ def test_secrets_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ValueError: bad token" in entries[3]["exc"]
 
 
+def test_token_counts_are_not_secrets(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(settings_for())
+    logging.getLogger("app.sample").info("usage prompt_tokens=120 total_tokens: 180",
+                                         extra={"completion_tokens": 60})
+    entry = json_lines(capsys.readouterr().out)[0]
+    assert entry["msg"] == "usage prompt_tokens=120 total_tokens: 180"
+    assert entry["completion_tokens"] == 60
+
+
 @pytest.fixture
 def app(redis_server: RedisServer) -> Iterator[Sanic]:
     application = make_ops_app(settings_for(REDIS_URL=redis_server.url(),

@@ -90,7 +90,9 @@ TRUSTED = parse_networks(["127.0.0.1/32", "10.0.0.0/8", "::1/128"])
     ("127.0.0.1", "203.0.113.9:4711", "203.0.113.9"),            # address with port
     ("::1", "[2001:db8::1]:443", "2001:db8::1"),                 # IPv6 with port
     ("::ffff:127.0.0.1", "203.0.113.9", "203.0.113.9"),          # v4-mapped proxy address
-    ("/run/app.sock", "203.0.113.9", "/run/app.sock"),           # UNIX socket peer
+    ("", "203.0.113.9", "203.0.113.9"),                          # UNIX socket: local proxy
+    ("", None, "unix-socket"),                                   # UNIX socket, no header
+    ("", "junk", "unix-socket"),
 ])
 def test_resolve_client_ip(peer: str, xff: str | None, expected: str) -> None:
     assert resolve_client_ip(peer, xff, TRUSTED) == expected
@@ -337,3 +339,19 @@ def test_two_workers_share_one_limit(two_worker_server: tuple[int, Path]) -> Non
     # ...and both worker processes served them, so the shared counter did the limiting.
     time.sleep(0.5)  # let the last access lines reach the log
     assert len(_access_pids(log_path, probe)) == 2
+
+
+def test_cors_preflights_spend_no_budget(redis_url: str) -> None:
+    origin = "https://app.example.com"
+    with OpsServer(REDIS_URL=redis_url, RATE_LIMIT_MAX_REQUESTS="1",
+                   CORS_ORIGIN=origin) as server:
+        for _ in range(3):
+            _, response = server.client.options(
+                "/api/data", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
+            assert response.status == 204
+        limited_answer = server.get(Origin=origin)
+        assert limited_answer.status == 200
+        refused = server.get(Origin=origin)
+        assert refused.status == 429
+        # The browser may read the 429 (CORS headers on it), so the client sees why.
+        assert refused.headers["access-control-allow-origin"] == origin

@@ -41,24 +41,27 @@ def is_trusted(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
     return any(address.version == net.version and address in net for net in trusted)
 
 
+UNIX_SOCKET_PEER = "unix-socket"
+
+
 def resolve_client_ip(peer: str, forwarded_for: str | None,
                       trusted: Sequence[IPNetwork]) -> str:
     """The client address for a request from `peer` carrying `forwarded_for` (XFF)."""
     current = parse_ip(peer)
+    # No IP peer means a UNIX socket: only local processes (the reverse proxy) can connect
+    # to it, so it is trusted like a listed proxy.
+    peer_trusted = current is None or is_trusted(current, trusted)
+    if forwarded_for and peer_trusted:
+        for hop in reversed([h for h in forwarded_for.split(",") if h.strip()]):
+            address = parse_ip(hop)
+            if address is None:
+                # A trusted proxy passed on garbage: the last address we can vouch for wins.
+                break
+            current = address
+            if not is_trusted(address, trusted):
+                break
     if current is None:
-        # A UNIX socket peer or something unparsable: use it verbatim as the identity.
-        return peer
-    if not forwarded_for or not is_trusted(current, trusted):
-        return str(current)
-    hops = [hop for hop in forwarded_for.split(",") if hop.strip()]
-    for hop in reversed(hops):
-        if not is_trusted(current, trusted):
-            break
-        address = parse_ip(hop)
-        if address is None:
-            # A trusted proxy passed on garbage: the last address we can vouch for wins.
-            break
-        current = address
+        return peer or UNIX_SOCKET_PEER
     return str(current)
 
 

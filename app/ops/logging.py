@@ -63,7 +63,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         r"""(?ix)
         (\b[\w\-]*(?:pass(?:word|wd)?|secret|token|api[_-]?key|authorization|cookie)[\w\-]*
          ["']?\s*[:=]\s*["']?)
-        (?!\[REDACTED|(?:bearer|basic)\s)([^\s"'&,;}]+)"""),
+        (?!\[REDACTED|(?:bearer|basic)\s|[\d.]+(?:[\s"'&,;}]|$))([^\s"'&,;}]+)"""),
      r"\1" + REDACTED),
 )
 
@@ -88,7 +88,8 @@ class Redactor:
         return value
 
     def value(self, value: Any, key: str = "") -> Any:
-        if key and _SENSITIVE_KEY.search(key) and value not in (None, "", 0):
+        # Secrets are strings; numbers under such keys (token counts) are harmless.
+        if key and _SENSITIVE_KEY.search(key) and isinstance(value, str) and value:
             return REDACTED
         if isinstance(value, str):
             return self.text(value)
