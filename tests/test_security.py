@@ -199,3 +199,35 @@ async def test_wildcard_cors_echoes_origin(redis_server: RedisServer) -> None:
         assert response.headers["access-control-allow-origin"] == EVIL
     finally:
         drop_app(app)
+
+
+# --- The real factory -------------------------------------------------------------------------
+
+@pytest.fixture
+def factory_app(app_settings: Any) -> Iterator[Sanic]:
+    from app.factory import create_app
+
+    Sanic.test_mode = True
+    application = create_app(app_settings)
+    yield application
+    drop_app(application)
+
+
+async def test_factory_wires_headers_and_cors(factory_app: Sanic) -> None:
+    page = await get(factory_app, "/")
+    assert page.status == 200
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["strict-transport-security"].startswith("max-age=31536000")
+    assert page.headers["x-request-id"]
+    probe = await get(factory_app, "/health/live")
+    assert probe.status == 200
+    assert "content-security-policy" not in probe.headers
+    assert probe.headers["x-frame-options"] == "DENY"
+    refused = await get(factory_app, "/health/live", Origin=EVIL)
+    assert refused.status == 403
+    assert refused.json == {"error": CORS_FORBIDDEN_MESSAGE, "code": "cors_forbidden"}
+    preflight = await get(factory_app, "/api/conversations", method="options",
+                          Origin="http://localhost:3000",
+                          **{"Access-Control-Request-Method": "POST"})
+    assert preflight.status == 204
+    assert preflight.headers["access-control-allow-origin"] == "http://localhost:3000"
