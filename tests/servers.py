@@ -46,7 +46,7 @@ class PostgresServer:
     """A private PostgreSQL cluster. As root it runs as the 'postgres' system user."""
 
     user = "assistantapp"
-    password = "test-password"  # noqa: S105 - throwaway local cluster
+    password = "test-password"
     database = "assistantapp"
 
     def __init__(self) -> None:
