@@ -136,7 +136,7 @@
     state.user = me.user || me;
     $("user-email").textContent = state.user.email || "";
     show("signedIn");
-    await loadConversations();
+    await Promise.all([loadAgents(), loadConversations()]);
     if (state.conversations.length) await selectConversation(state.conversations[0].id);
   }
 
@@ -149,6 +149,26 @@
 
   function conversationFrom(data) {
     return data.conversation || data;
+  }
+
+  async function loadAgents() {
+    const select = $("agent-select");
+    let agents = [{ name: "general", description: "General assistant" }];
+    try {
+      const response = await api("/api/agents");
+      if (response.ok) agents = (await response.json()).agents || agents;
+    } catch (error) {
+      // keep the default agent
+    }
+    select.replaceChildren();
+    for (const agent of agents) {
+      const option = document.createElement("option");
+      option.value = agent.name;
+      option.textContent = agent.name;
+      option.title = agent.description || "";
+      select.append(option);
+    }
+    if (agents.some((agent) => agent.name === "general")) select.value = "general";
   }
 
   async function loadConversations() {
@@ -179,7 +199,8 @@
   }
 
   async function createConversation() {
-    const response = await api("/api/conversations", { method: "POST", json: {} });
+    const agent = $("agent-select").value || undefined;
+    const response = await api("/api/conversations", { method: "POST", json: agent ? { agent } : {} });
     if (!response.ok) {
       showError("chat-error", await errorMessage(response));
       return null;
@@ -205,7 +226,9 @@
     clearMessages();
     for (const message of conversation.messages || []) {
       if (message.role === "user" || message.role === "assistant") {
-        if (message.content) addMessage(message.role, message.content);
+        if (!message.content) continue;
+        const element = addMessage(message.role, message.content);
+        if (message.status === "error") element.classList.add("failed");
       }
     }
   }
@@ -224,6 +247,27 @@
     note.className = "muted empty";
     note.textContent = "Start a conversation: ask about your inbox, or anything else.";
     return note;
+  }
+
+  function showStatus(text) {
+    const element = $("chat-status");
+    element.textContent = text;
+    element.hidden = !text;
+  }
+
+  const NOTICES = {
+    gmail_access_missing:
+      "Gmail access was not granted. To use the email agent, sign out, sign in again and allow Gmail on Google's consent page.",
+    google_not_connected: "Your Google account is not connected any more. Please sign in with Google again.",
+  };
+
+  function addNotice(code) {
+    const text = NOTICES[code] || (String(code).includes(" ") ? String(code) : "");
+    if (!text) return;
+    const element = document.createElement("p");
+    element.className = "notice";
+    element.textContent = text;
+    $("messages").append(element);
   }
 
   function addMessage(role, text) {
@@ -311,6 +355,7 @@
         const message = data.reply || data.message || data.assistant || data;
         reply = textOf(message);
         bubble.textContent = reply;
+        if (data.notice) addNotice(data.notice);
       } else {
         for await (const event of readEvents(response)) {
           if (event.raw === "[DONE]") break;
@@ -318,9 +363,14 @@
             const error = event.payload && event.payload.error;
             throw new Error(typeof error === "string" ? error : (error && error.message) || "The assistant failed to answer.");
           }
+          if (event.name === "tool") {
+            showStatus("Working: " + ((event.payload && event.payload.name) || "tool") + "…");
+            continue;
+          }
           if (["done", "end", "complete", "message_complete"].includes(event.name)) {
             const final = event.payload && (event.payload.message || event.payload);
             if (!reply && textOf(final)) bubble.textContent = reply = textOf(final);
+            if (event.payload && event.payload.notice) addNotice(event.payload.notice);
             break;
           }
           if (["message", "delta", "token", "chunk", "content"].includes(event.name)) {
@@ -342,6 +392,7 @@
       }
     } finally {
       bubble.classList.remove("streaming");
+      showStatus("");
     }
   }
 
