@@ -15,6 +15,9 @@ A ready app (use these for endpoint tests)
 - `app`: create_app(app_settings); Redis is flushed first. Call it with the ASGI client:
   `_, response = await app.asgi_client.get("/api/me", headers=auth_headers(user))`
   (every request runs the server start/stop listeners, so the ORM is set up per request).
+- `client`: the same app behind a client that runs the start listeners once (first request)
+  and the stop listeners at teardown, like a real server: `_, response = await
+  client.get(...)`. Much faster for many requests; add extra routes before the first one.
 - `make_user`: `user = await make_user(email=..., **fields)` inserts a User row
   (defaults: unique email, a name).
 - `auth_headers`: `auth_headers(user_or_id, scopes=("user",))` -> {"Authorization":
@@ -36,9 +39,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from sanic import Sanic
+from sanic_testing.testing import ASGI_HOST, ASGI_PORT, SanicASGITestClient, TestingResponse
 
 from tests.servers import PostgresServer, RedisServer
 
@@ -136,6 +141,48 @@ def app(app_settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sanic]:
     application = create_app(app_settings)
     yield application
     Sanic._app_registry.pop(application.name, None)
+
+
+class StartedASGIClient(SanicASGITestClient):
+    """app.asgi_client without the per-request server start/stop: listeners run once."""
+
+    def __init__(self, app: Sanic) -> None:
+        super().__init__(app)
+        self._started = False
+
+    async def request(self, method: str, url: str, gather_request: bool = True,  # type: ignore[override]
+                      *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        app = self.sanic_app
+        if not self._started:
+            app.router.reset()
+            app.signal_router.reset()
+            await app._startup()
+            await app._server_event("init", "before")
+            await app._server_event("init", "after")
+            for route in app.router.routes:
+                route.extra.request_middleware.appendleft(self._collect_request)
+            app.request_middleware.appendleft(self._collect_request)
+            self._started = True
+        if not url.startswith(("http:", "https:")):
+            url = f"http://{ASGI_HOST}:{ASGI_PORT}/{url.lstrip('/')}"
+        self.gather_request = gather_request
+        response = await httpx.AsyncClient.request(self, method, url, *args, **kwargs)
+        response.__class__ = TestingResponse
+        return (self.last_request if gather_request else None), response
+
+    async def stop(self) -> None:
+        if self._started:
+            await self.sanic_app._server_event("shutdown", "before")
+            await self.sanic_app._server_event("shutdown", "after")
+            self._started = False
+
+
+@pytest.fixture
+async def client(app: Sanic) -> AsyncIterator[StartedASGIClient]:
+    started = StartedASGIClient(app)
+    yield started
+    await started.stop()
+    await started.aclose()
 
 
 @pytest.fixture

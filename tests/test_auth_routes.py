@@ -38,6 +38,8 @@ async def _pair(make_user: Any, db_session: Any, settings: Any) -> tuple[User, d
 
 
 async def test_me_returns_the_profile(app: Sanic, make_user: Any, auth_headers: Any) -> None:
+    # app.asgi_client (start/stop listeners around the request); the other tests use the
+    # faster `client` fixture.
     user = await make_user(email="ada@example.com", name="Ada", picture="https://x/p.png")
     _, response = await app.asgi_client.get("/api/me", headers=auth_headers(user))
     assert response.status == 200
@@ -48,16 +50,16 @@ async def test_me_returns_the_profile(app: Sanic, make_user: Any, auth_headers: 
     assert body["createdAt"]
 
 
-async def test_missing_header_is_auth_required(app: Sanic) -> None:
-    _, response = await app.asgi_client.get("/api/me")
+async def test_missing_header_is_auth_required(client: Any) -> None:
+    _, response = await client.get("/api/me")
     assert response.status == 401 and response.json == REQUIRED
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 
 @pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "Token abc",
                                     "Bearer not.a.jwt", "Bearer garbage"])
-async def test_malformed_authorization_header_is_invalid(app: Sanic, header: str) -> None:
-    _, response = await app.asgi_client.get("/api/me", headers={"Authorization": header})
+async def test_malformed_authorization_header_is_invalid(client: Any, header: str) -> None:
+    _, response = await client.get("/api/me", headers={"Authorization": header})
     assert response.status == 401 and response.json == INVALID
 
 
@@ -80,95 +82,96 @@ def _bad_access_tokens(secret: str, user_id: int) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case", list(_bad_access_tokens("s" * 40, 1)))
-async def test_every_bad_token_is_401_invalid_token(app: Sanic, app_settings: Any,
+async def test_every_bad_token_is_401_invalid_token(client: Any, app_settings: Any,
                                                     make_user: Any, case: str) -> None:
     user = await make_user()
     token = _bad_access_tokens(app_settings.jwt_secret, user.id)[case]
-    _, response = await app.asgi_client.get("/api/me",
+    _, response = await client.get("/api/me",
                                             headers={"Authorization": f"Bearer {token}"})
     assert response.status == 401 and response.json == INVALID
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
 
 
-async def test_expired_access_token_is_401_token_expired(app: Sanic, app_settings: Any,
+async def test_expired_access_token_is_401_token_expired(client: Any, app_settings: Any,
                                                          make_user: Any) -> None:
     user = await make_user()
     now = int(time.time())
     token = _token(app_settings.jwt_secret, sub=str(user.id), userId=user.id,
                    iat=now - 100, exp=now - 10)
-    _, response = await app.asgi_client.get("/api/me",
+    _, response = await client.get("/api/me",
                                             headers={"Authorization": f"Bearer {token}"})
     assert response.status == 401 and response.json == EXPIRED
 
 
-async def test_short_access_lifetime_from_settings_expires(app: Sanic, app_settings: Any,
+async def test_short_access_lifetime_from_settings_expires(client: Any, app_settings: Any,
                                                           make_user: Any,
                                                           auth_headers: Any) -> None:
     user = await make_user()
-    headers = auth_headers(user, settings=replace_settings(app_settings, jwt_expires_in=1))
-    _, response = await app.asgi_client.get("/api/me", headers=headers)
+    await client.get("/api/me")  # server start-up first: the clock runs from here
+    headers = auth_headers(user, settings=replace_settings(app_settings, jwt_expires_in=2))
+    _, response = await client.get("/api/me", headers=headers)
     assert response.status == 200
-    time.sleep(1.2)
-    _, response = await app.asgi_client.get("/api/me", headers=headers)
+    time.sleep(2.2)
+    _, response = await client.get("/api/me", headers=headers)
     assert response.status == 401 and response.json == EXPIRED
 
 
-async def test_token_of_a_deleted_user_is_refused(app: Sanic, make_user: Any,
+async def test_token_of_a_deleted_user_is_refused(client: Any, make_user: Any,
                                                  auth_headers: Any, db_session: Any) -> None:
     user = await make_user()
     async with db_session():
         await User.filter(id=user.id).delete()
-    _, response = await app.asgi_client.get("/api/me", headers=auth_headers(user))
+    _, response = await client.get("/api/me", headers=auth_headers(user))
     assert response.status == 401 and response.json == INVALID
 
 
-async def test_scopes(app: Sanic, make_user: Any, auth_headers: Any) -> None:
+async def test_scopes(app: Sanic, client: Any, make_user: Any, auth_headers: Any) -> None:
     @require_auth(scopes=["admin"])
     async def admin_only(request: Request) -> HTTPResponse:
         return json({"userId": request.ctx.user_id, "scopes": request.ctx.claims["scopes"]})
 
     app.add_route(admin_only, "/test/admin-only", name="test_admin_only")
     user = await make_user()
-    _, response = await app.asgi_client.get("/test/admin-only", headers=auth_headers(user))
+    _, response = await client.get("/test/admin-only", headers=auth_headers(user))
     assert response.status == 403
     assert response.json["code"] == "insufficient_scope"
     assert response.json["requiredScopes"] == ["admin"]
-    _, response = await app.asgi_client.get(
+    _, response = await client.get(
         "/test/admin-only", headers=auth_headers(user, scopes=["user", "admin"]))
     assert response.status == 200
     assert response.json == {"userId": user.id, "scopes": ["user", "admin"]}
-    _, response = await app.asgi_client.get("/test/admin-only")
+    _, response = await client.get("/test/admin-only")
     assert response.status == 401 and response.json == REQUIRED
 
 
-async def test_refresh_rotates_and_new_tokens_work(app: Sanic, app_settings: Any,
+async def test_refresh_rotates_and_new_tokens_work(client: Any, app_settings: Any,
                                                   make_user: Any, db_session: Any) -> None:
     user, pair = await _pair(make_user, db_session, app_settings)
-    _, response = await app.asgi_client.post("/auth/refresh",
+    _, response = await client.post("/auth/refresh",
                                              json={"refreshToken": pair["refreshToken"]})
     assert response.status == 200
     new = response.json
     assert new["tokenType"] == "Bearer" and new["expiresIn"] == app_settings.jwt_expires_in
     assert new["refreshToken"] != pair["refreshToken"]
-    _, me = await app.asgi_client.get(
+    _, me = await client.get(
         "/api/me", headers={"Authorization": f"Bearer {new['accessToken']}"})
     assert me.status == 200 and me.json["id"] == user.id
-    _, again = await app.asgi_client.post("/auth/refresh",
+    _, again = await client.post("/auth/refresh",
                                           json={"refreshToken": new["refreshToken"]})
     assert again.status == 200
 
 
-async def test_refresh_reuse_revokes_the_family(app: Sanic, app_settings: Any,
+async def test_refresh_reuse_revokes_the_family(client: Any, app_settings: Any,
                                                 make_user: Any, db_session: Any) -> None:
     _, pair = await _pair(make_user, db_session, app_settings)
-    _, first = await app.asgi_client.post("/auth/refresh",
+    _, first = await client.post("/auth/refresh",
                                           json={"refreshToken": pair["refreshToken"]})
     assert first.status == 200
     # The spent token comes back (stolen copy): 401 and the whole family dies.
-    _, reuse = await app.asgi_client.post("/auth/refresh",
+    _, reuse = await client.post("/auth/refresh",
                                           json={"refreshToken": pair["refreshToken"]})
     assert reuse.status == 401 and reuse.json["code"] == "token_reused"
-    _, after = await app.asgi_client.post("/auth/refresh",
+    _, after = await client.post("/auth/refresh",
                                           json={"refreshToken": first.json["refreshToken"]})
     assert after.status == 401 and after.json["code"] == "token_revoked"
     async with db_session():
@@ -177,20 +180,20 @@ async def test_refresh_reuse_revokes_the_family(app: Sanic, app_settings: Any,
     assert len(family) == 2 and all(r.revoked_at is not None for r in family)
 
 
-async def test_refresh_with_an_access_token_is_invalid(app: Sanic, app_settings: Any,
+async def test_refresh_with_an_access_token_is_invalid(client: Any, app_settings: Any,
                                                       make_user: Any, db_session: Any) -> None:
     _, pair = await _pair(make_user, db_session, app_settings)
-    _, response = await app.asgi_client.post("/auth/refresh",
+    _, response = await client.post("/auth/refresh",
                                              json={"refreshToken": pair["accessToken"]})
     assert response.status == 401 and response.json == INVALID
 
 
-async def test_expired_refresh_token_is_token_expired(app: Sanic, app_settings: Any,
+async def test_expired_refresh_token_is_token_expired(client: Any, app_settings: Any,
                                                      make_user: Any, db_session: Any) -> None:
     short = replace_settings(app_settings, jwt_refresh_expires_in=1)
     _, pair = await _pair(make_user, db_session, short)
     time.sleep(1.2)
-    _, response = await app.asgi_client.post("/auth/refresh",
+    _, response = await client.post("/auth/refresh",
                                              json={"refreshToken": pair["refreshToken"]})
     assert response.status == 401 and response.json == EXPIRED
 
@@ -203,79 +206,79 @@ async def test_expired_refresh_token_is_token_expired(app: Sanic, app_settings: 
     (b'{"refreshToken": ""}', "invalid_request"),
     (b'{"other": "x"}', "invalid_request"),
 ])
-async def test_refresh_bad_bodies_are_400(app: Sanic, body: bytes, code: str) -> None:
-    _, response = await app.asgi_client.post(
+async def test_refresh_bad_bodies_are_400(client: Any, body: bytes, code: str) -> None:
+    _, response = await client.post(
         "/auth/refresh", content=body, headers={"Content-Type": "application/json"})
     assert response.status == 400
     assert response.json["code"] == code and response.json["error"]
 
 
-async def test_logout_revokes_the_presented_family_only(app: Sanic, app_settings: Any,
+async def test_logout_revokes_the_presented_family_only(client: Any, app_settings: Any,
                                                        make_user: Any, db_session: Any,
                                                        auth_headers: Any) -> None:
     user, laptop = await _pair(make_user, db_session, app_settings)
     async with db_session():
         phone = await issue_token_pair(user, app_settings)
-    _, response = await app.asgi_client.post(
+    _, response = await client.post(
         "/auth/logout", json={"refreshToken": laptop["refreshToken"]},
         headers=auth_headers(user))
     assert response.status == 200 and response.json == {"success": True, "revoked": 1}
-    _, dead = await app.asgi_client.post("/auth/refresh",
+    _, dead = await client.post("/auth/refresh",
                                          json={"refreshToken": laptop["refreshToken"]})
     assert dead.status == 401 and dead.json["code"] == "token_revoked"
-    _, alive = await app.asgi_client.post("/auth/refresh",
+    _, alive = await client.post("/auth/refresh",
                                           json={"refreshToken": phone["refreshToken"]})
     assert alive.status == 200
 
 
-async def test_logout_all_revokes_every_session(app: Sanic, app_settings: Any,
+async def test_logout_all_revokes_every_session(client: Any, app_settings: Any,
                                                make_user: Any, db_session: Any,
                                                auth_headers: Any) -> None:
     user, laptop = await _pair(make_user, db_session, app_settings)
     _, other = await _pair(make_user, db_session, app_settings)
     async with db_session():
         phone = await issue_token_pair(user, app_settings)
-    _, response = await app.asgi_client.post("/auth/logout?all=1", headers=auth_headers(user))
+    _, response = await client.post("/auth/logout?all=1", headers=auth_headers(user))
     assert response.status == 200 and response.json["revoked"] == 2
     for pair in (laptop, phone):
-        _, dead = await app.asgi_client.post("/auth/refresh",
+        _, dead = await client.post("/auth/refresh",
                                              json={"refreshToken": pair["refreshToken"]})
         assert dead.status == 401
-    _, alive = await app.asgi_client.post("/auth/refresh",
+    _, alive = await client.post("/auth/refresh",
                                           json={"refreshToken": other["refreshToken"]})
     assert alive.status == 200
 
 
-async def test_logout_needs_an_access_token(app: Sanic) -> None:
-    _, response = await app.asgi_client.post("/auth/logout", json={})
+async def test_logout_needs_an_access_token(client: Any) -> None:
+    _, response = await client.post("/auth/logout", json={})
     assert response.status == 401 and response.json == REQUIRED
 
 
 async def test_logout_with_another_users_refresh_token_is_refused(
-        app: Sanic, app_settings: Any, make_user: Any, db_session: Any,
+        client: Any, app_settings: Any, make_user: Any, db_session: Any,
         auth_headers: Any) -> None:
     _, victim = await _pair(make_user, db_session, app_settings)
     attacker = await make_user()
-    _, response = await app.asgi_client.post(
+    _, response = await client.post(
         "/auth/logout", json={"refreshToken": victim["refreshToken"]},
         headers=auth_headers(attacker))
     assert response.status == 400 and response.json["code"] == "invalid_refresh_token"
-    _, alive = await app.asgi_client.post("/auth/refresh",
+    _, alive = await client.post("/auth/refresh",
                                           json={"refreshToken": victim["refreshToken"]})
     assert alive.status == 200
 
 
-async def test_logout_malformed_json_is_400(app: Sanic, make_user: Any,
+async def test_logout_malformed_json_is_400(client: Any, make_user: Any,
                                            auth_headers: Any) -> None:
     user = await make_user()
-    _, response = await app.asgi_client.post(
+    _, response = await client.post(
         "/auth/logout", content=b"{oops",
         headers={**auth_headers(user), "Content-Type": "application/json"})
     assert response.status == 400 and response.json["code"] == "invalid_json"
 
 
-async def test_logout_without_refresh_token_is_harmless(app: Sanic, make_user: Any,
+async def test_logout_without_refresh_token_is_harmless(client: Any, make_user: Any,
                                                        auth_headers: Any) -> None:
     user = await make_user()
-    _, response = await app.asgi_client.post("/auth/logout", headers=auth_headers(user))
+    _, response = await client.post("/auth/logout", headers=auth_headers(user))
     assert response.status == 200 and response.json == {"success": True, "revoked": 0}
