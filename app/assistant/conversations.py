@@ -14,6 +14,7 @@ with status "error" and the error text.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from uuid import UUID
@@ -35,6 +36,8 @@ HISTORY_LIMIT = 40
 LIST_LIMIT_MAX = 100
 
 bp = Blueprint("assistant", url_prefix="/api")
+# Turns still running after their client left; referenced so they are not garbage-collected.
+_running_turns: set[asyncio.Future[Any]] = set()
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -292,25 +295,43 @@ async def post_message(request: Request, conversation_id: UUID) -> HTTPResponse 
 
     ctx = AgentContext(app=request.app, user=user, model=model,
                        on_token=on_token if streaming else None, on_event=on_event)
+
+    async def complete_turn() -> tuple[Message, str | None] | AssistantError:
+        try:
+            result = await registry.run(agent, ctx, history)
+        except AssistantError as exc:
+            await Message.create(conversation_id=conversation.id, role=MessageRole.ASSISTANT,
+                                 content=exc.message, status=MessageStatus.ERROR,
+                                 agent=agent_name)
+            return exc
+        return await _persist_result(conversation, agent_name, result), result.notice
+
+    # Shielded: if the browser goes away mid-answer (Sanic then cancels this handler), the
+    # turn still completes and is stored, so a reload shows the whole answer.
+    turn = asyncio.ensure_future(complete_turn())
+    _running_turns.add(turn)
+    turn.add_done_callback(_running_turns.discard)
     try:
-        result = await registry.run(agent, ctx, history)
-    except AssistantError as exc:
-        await Message.create(conversation_id=conversation.id, role=MessageRole.ASSISTANT,
-                             content=exc.message, status=MessageStatus.ERROR, agent=agent_name)
+        outcome = await asyncio.shield(turn)
+    except asyncio.CancelledError:
+        if stream is not None:
+            stream.client_gone = True
+        raise
+
+    if isinstance(outcome, AssistantError):
         if stream is not None and stream.response is not None:
-            await stream.send("error", {"code": exc.code, "error": exc.message,
+            await stream.send("error", {"code": outcome.code, "error": outcome.message,
                                         "userMessageId": user_message.id})
             await stream.close()
             return None
-        return json_error(exc.status, exc.message, exc.code, userMessageId=user_message.id)
+        return json_error(outcome.status, outcome.message, outcome.code,
+                          userMessageId=user_message.id)
 
-    message = await _persist_result(conversation, agent_name, result)
+    message, notice = outcome
     if stream is not None:
         await stream.send("done", {"messageId": message.id, "userMessageId": user_message.id,
-                                   "conversationId": str(conversation.id),
-                                   "notice": result.notice})
+                                   "conversationId": str(conversation.id), "notice": notice})
         await stream.close()
         return None
     return json_response({"message": message_json(message),
-                          "userMessage": message_json(user_message),
-                          "notice": result.notice})
+                          "userMessage": message_json(user_message), "notice": notice})
