@@ -203,3 +203,27 @@ async def test_request_id_on_error_and_refused_responses(app: Sanic,
     errors = [e for e in entries if e["logger"] == "sanic.error"]
     assert errors and errors[0]["request_id"] == crash.headers["x-request-id"]
     assert "RuntimeError: boom" in errors[0]["exc"]
+
+
+async def test_successful_probes_are_quiet_at_info(app: Sanic,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    log_to_captured_stdout(app)
+    for path in ("/health/live", "/health/ready", "/metrics"):
+        _, response = await app.asgi_client.get(path)
+        assert response.status == 200
+        assert response.headers["x-request-id"]
+    _, response = await app.asgi_client.get("/api/data")
+    access = [e for e in json_lines(capsys.readouterr().out) if e["logger"] == "app.access"]
+    assert [e["path"] for e in access] == ["/api/data"]
+
+
+async def test_probes_are_logged_at_debug(redis_server: RedisServer,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    app = make_ops_app(ops_settings(REDIS_URL=redis_server.url(), LOG_LEVEL="debug"))
+    try:
+        log_to_captured_stdout(app)
+        await app.asgi_client.get("/health/live")
+        access = [e for e in json_lines(capsys.readouterr().out) if e["logger"] == "app.access"]
+        assert [(e["path"], e["level"]) for e in access] == [("/health/live", "debug")]
+    finally:
+        drop_app(app)

@@ -270,16 +270,24 @@ def _request(port: int, path: str, timeout: float = 20) -> tuple[int, dict[str, 
         connection.close()
 
 
-def _access_pids(log_path: Path, path: str) -> set[int]:
-    pids = set()
+def _log_entries(log_path: Path) -> list[dict[str, Any]]:
+    entries = []
     for line in log_path.read_text(errors="replace").splitlines():
         try:
-            entry = json.loads(line)
+            entries.append(json.loads(line))
         except ValueError:
             continue
-        if entry.get("logger") == "app.access" and entry.get("path") == path:
-            pids.add(entry["pid"])
-    return pids
+    return entries
+
+
+def _access_pids(log_path: Path, path: str) -> set[int]:
+    return {e["pid"] for e in _log_entries(log_path)
+            if e.get("logger") == "app.access" and e.get("path") == path}
+
+
+def _ready_workers(log_path: Path) -> set[int]:
+    return {e["pid"] for e in _log_entries(log_path)
+            if e.get("logger") == "sanic.server" and str(e.get("msg")).startswith("Worker ready")}
 
 
 @pytest.fixture
@@ -301,15 +309,14 @@ def two_worker_server(tmp_path: Path, database_url: str, redis_url: str
             start_new_session=True)
     try:
         wait_for_port(port, timeout=90)
-        # Wait until both workers answer (probes are exempt, so this spends no budget).
+        # Wait until both workers are ready (their JSON "Worker ready" lines carry the pid).
         deadline = time.monotonic() + 90
-        while len(_access_pids(log_path, "/health/live")) < 2:
+        while len(_ready_workers(log_path)) < 2:
             assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
             assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
-            try:
-                _request(port, "/health/live")
-            except OSError:  # a worker still starting: its backlog waits, retry
-                time.sleep(0.2)
+            time.sleep(0.2)
+        # Probes are exempt, so this spends no budget.
+        assert _request(port, "/health/live")[0] == 200
         yield port, log_path
     finally:
         # SIGTERM to the main process only: it stops its workers in order.

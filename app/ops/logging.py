@@ -10,6 +10,7 @@ and the literal values of this deployment's secrets never reach a log line.
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import logging
 import logging.handlers
@@ -41,6 +42,11 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 access_log = logging.getLogger("app.access")
 
+# Probes and scrapes arrive every few seconds from load balancers, systemd and Prometheus:
+# their successful answers are logged at DEBUG so they don't drown the real traffic (and
+# cost nothing at the usual INFO level); failed ones are logged like any other request.
+QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
+
 SANIC_LOGGERS = ("sanic.root", "sanic.error", "sanic.access", "sanic.server",
                  "sanic.websockets")
 
@@ -67,6 +73,13 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
      r"\1" + REDACTED),
 )
 
+# One cheap scan decides whether the patterns above need to run at all: most log strings
+# (paths, ids, methods) contain none of these, and logging sits on every request's path.
+_MAYBE_SENSITIVE = re.compile(
+    r"(?i)bearer|basic|eyJ|sk-|://|pass|secret|token|api[_-]?key|authorization|cookie")
+
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
+
 _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message", "asctime", "taskName"}
 
@@ -83,13 +96,16 @@ class Redactor:
         for secret in self.secret_values:
             if secret in value:
                 value = value.replace(secret, REDACTED)
+        if not _MAYBE_SENSITIVE.search(value):
+            return value
         for pattern, replacement in _PATTERNS:
             value = pattern.sub(replacement, value)
         return value
 
     def value(self, value: Any, key: str = "") -> Any:
-        # Secrets are strings; numbers under such keys (token counts) are harmless.
-        if key and _SENSITIVE_KEY.search(key) and isinstance(value, str) and value:
+        if isinstance(value, int | float | bool) or value is None:
+            return value  # numbers under sensitive keys (token counts) are harmless
+        if value and key and _is_sensitive_key(key):
             return REDACTED
         if isinstance(value, str):
             return self.text(value)
@@ -97,9 +113,12 @@ class Redactor:
             return {str(k): self.value(v, str(k)) for k, v in value.items()}
         if isinstance(value, list | tuple | set | frozenset):
             return [self.value(v) for v in value]
-        if isinstance(value, int | float | bool) or value is None:
-            return value
         return self.text(str(value))
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_sensitive_key(key: str) -> bool:
+    return _SENSITIVE_KEY.search(key) is not None
 
 
 def secret_values_of(settings: Settings) -> list[str]:
@@ -149,7 +168,7 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = self.redactor.text(record.exc_text)
         if record.stack_info:
             entry["stack"] = self.redactor.text(self.formatStack(record.stack_info))
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return _ENCODER.encode(entry)
 
 
 def _tag(handler: logging.Handler) -> logging.Handler:
@@ -230,7 +249,14 @@ def setup_logging(app: Sanic, settings: Settings) -> None:
         duration_ms = (round((time.perf_counter() - started) * 1000, 3)
                        if started is not None else None)
         status = response.status
-        level = logging.ERROR if status >= 500 else logging.INFO
+        if status >= 500:
+            level = logging.ERROR
+        elif status < 400 and request.path in QUIET_PATHS:
+            level = logging.DEBUG
+        else:
+            level = logging.INFO
+        if not access_log.isEnabledFor(level):
+            return
         access_log.log(level, "%s %s %s", request.method, request.path, status, extra={
             "request_id": request_id,
             "method": request.method,
