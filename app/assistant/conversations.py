@@ -22,6 +22,7 @@ from uuid import UUID
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, empty
 from sanic.response import json as json_response
+from sanic_ext.extensions.openapi import openapi
 from tortoise.transactions import in_transaction
 
 from app.assistant.agents import AgentContext, AgentRegistry, AgentResult
@@ -133,6 +134,14 @@ def history_for_model(messages: list[Message], *, include_tools: bool) -> list[d
 
 # -- conversations ----------------------------------------------------------------------------
 @bp.post("/conversations")
+@openapi.tag("assistant")
+@openapi.secured("bearerAuth")
+@openapi.response(401, description="Missing or invalid access token (auth_required, ...)")
+@openapi.summary("Start a conversation")
+@openapi.body({"application/json": {"title": str, "agent": str}},
+              description='Optional: {"title": str, "agent": "general" | "email"}')
+@openapi.response(201, description='{"conversation": {id, title, agent, createdAt, updatedAt}}')
+@openapi.response(400, description="invalid_json, invalid_body, validation_error, unknown_agent")
 @require_auth()
 async def create_conversation(request: Request) -> HTTPResponse:
     try:
@@ -150,6 +159,14 @@ async def create_conversation(request: Request) -> HTTPResponse:
 
 
 @bp.get("/conversations")
+@openapi.tag("assistant")
+@openapi.secured("bearerAuth")
+@openapi.response(401, description="Missing or invalid access token (auth_required, ...)")
+@openapi.summary("List your conversations, most recently active first")
+@openapi.parameter("limit", int, "query", description="1-100, default 50")
+@openapi.parameter("offset", int, "query", description="default 0")
+@openapi.response(200, description='{"conversations": [...], "total", "limit", "offset"}')
+@openapi.response(400, description="validation_error")
 @require_auth()
 async def list_conversations(request: Request) -> HTTPResponse:
     try:
@@ -168,6 +185,13 @@ async def list_conversations(request: Request) -> HTTPResponse:
 
 
 @bp.get("/conversations/<conversation_id:uuid>")
+@openapi.tag("assistant")
+@openapi.secured("bearerAuth")
+@openapi.response(401, description="Missing or invalid access token (auth_required, ...)")
+@openapi.summary("A conversation with its messages")
+@openapi.response(200, description='{"conversation": {..., "messages": [{id, role, content, '
+                  'status, agent, createdAt}]}}')
+@openapi.response(404, description="not_found (unknown, or someone else's)")
 @require_auth()
 async def get_conversation(request: Request, conversation_id: UUID) -> HTTPResponse:
     conversation = await _own_conversation(request, conversation_id)
@@ -182,6 +206,12 @@ async def get_conversation(request: Request, conversation_id: UUID) -> HTTPRespo
 
 
 @bp.delete("/conversations/<conversation_id:uuid>")
+@openapi.tag("assistant")
+@openapi.secured("bearerAuth")
+@openapi.response(401, description="Missing or invalid access token (auth_required, ...)")
+@openapi.summary("Delete a conversation and its messages")
+@openapi.response(204, description="Deleted")
+@openapi.response(404, description="not_found (unknown, or someone else's)")
 @require_auth()
 async def delete_conversation(request: Request, conversation_id: UUID) -> HTTPResponse:
     deleted = await Conversation.filter(id=conversation_id, user_id=request.ctx.user_id).delete()
@@ -191,6 +221,11 @@ async def delete_conversation(request: Request, conversation_id: UUID) -> HTTPRe
 
 
 @bp.get("/agents")
+@openapi.tag("assistant")
+@openapi.secured("bearerAuth")
+@openapi.response(401, description="Missing or invalid access token (auth_required, ...)")
+@openapi.summary("The available agents")
+@openapi.response(200, description='{"agents": [{"name", "description"}]}')
 @require_auth()
 async def list_agents(request: Request) -> HTTPResponse:
     return json_response({"agents": _registry(request).describe()})
@@ -244,6 +279,26 @@ async def _persist_result(conversation: Conversation, agent_name: str,
 
 
 @bp.post("/conversations/<conversation_id:uuid>/messages")
+@openapi.tag("assistant")
+@openapi.secured("bearerAuth")
+@openapi.response(401, description="Missing or invalid access token (auth_required, ...)")
+@openapi.summary("Send a message; the agent's reply as JSON or Server-Sent Events")
+@openapi.description(
+    "The message is stored before the model is called. With `Accept: text/event-stream` "
+    "the reply streams as `event: token` ({text}), `event: tool` ({name}), then "
+    "`event: done` ({messageId, userMessageId, conversationId, notice}); a failure after "
+    "the stream started is `event: error` ({code, error}). Otherwise JSON "
+    "{message, userMessage, notice}. The email agent never sends mail; "
+    "`notice: gmail_access_missing` means Gmail permission is missing.")
+@openapi.body({"application/json": {"content": str, "agent": str}}, required=True,
+              description='{"content": str (<= 32000 chars), "agent"?: "general" | "email"}')
+@openapi.response(200, description="The reply (JSON or text/event-stream)")
+@openapi.response(400, description="invalid_json, invalid_body, validation_error, unknown_agent")
+@openapi.response(404, description="not_found")
+@openapi.response(413, description="message_too_large")
+@openapi.response(502, description="upstream_error: the model service failed")
+@openapi.response(503, description="upstream_rate_limited or assistant_not_configured")
+@openapi.response(504, description="upstream_timeout")
 @require_auth()
 async def post_message(request: Request, conversation_id: UUID) -> HTTPResponse | None:
     conversation = await _own_conversation(request, conversation_id)

@@ -130,3 +130,13 @@ async def test_agents_are_listed(app: Any, make_user: Any, auth_headers: Any) ->
     _, response = await app.asgi_client.get("/api/agents", headers=auth_headers(await make_user()))
     assert response.status == 200
     assert {a["name"] for a in response.json["agents"]} >= {"general", "email"}
+
+
+async def test_api_is_documented(app: Any) -> None:
+    _, response = await app.asgi_client.get("/docs/openapi.json")
+    assert response.status == 200
+    paths = response.json["paths"]
+    message_path = "/api/conversations/{conversation_id}/messages"
+    assert set(paths["/api/conversations"]) == {"get", "post"}
+    assert "413" in paths[message_path]["post"]["responses"]
+    assert paths[message_path]["post"]["tags"] == ["assistant"]
