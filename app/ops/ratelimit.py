@@ -125,11 +125,12 @@ class RateLimiter:
                 # EVALSHA with a transparent EVAL fallback (e.g. after a Redis restart).
                 script = self.script = redis.register_script(_FIXED_WINDOW_LUA)
             count, ttl_ms = await script(keys=[key], args=[self.window_ms])
-        except (RedisError, OSError, TimeoutError) as exc:
+            count, ttl_ms = int(count), max(0, int(ttl_ms))
+        except (RedisError, OSError, TimeoutError, ValueError, TypeError) as exc:
+            # Anything Redis does wrong costs the limit, never the request (no 500s).
             self._redis_failed(exc)
             return None
         state.redis_ok = True
-        count, ttl_ms = int(count), max(0, int(ttl_ms))
         return Decision(limit=self.limit, remaining=max(0, self.limit - count),
                         reset_s=max(1, math.ceil(ttl_ms / 1000)), allowed=count <= self.limit)
 
