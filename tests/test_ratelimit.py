@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -246,6 +247,27 @@ def test_backoff_skips_redis_after_an_error(monkeypatch: pytest.MonkeyPatch) -> 
         assert server.app.ctx.redis is None  # closed by after_server_stop
     finally:
         own_redis.destroy()
+
+
+def test_hung_redis_costs_a_request_about_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis that accepts connections but never answers: short timeouts, then fail open."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes handshakes; nobody ever reads or answers
+    try:
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        with OpsServer(REDIS_URL=url) as server:
+            started = time.monotonic()
+            response = server.get()
+            elapsed = time.monotonic() - started
+            assert response.status == 200
+            assert elapsed < 4.0, elapsed  # 0.5 s socket timeout, one retry (not forever)
+            assert ratelimit_status(server.app) == {"redis_ok": False, "errors_total": 1}
+            started = time.monotonic()
+            assert server.get().status == 200  # within the backoff: Redis not even asked
+            assert time.monotonic() - started < 0.5
+    finally:
+        silent.close()
 
 
 def test_status_before_setup() -> None:
