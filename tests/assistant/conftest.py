@@ -54,7 +54,9 @@ def gmail_user(make_user: Callable[..., Awaitable[Any]], fake_gmail: FakeGmail,
     from app.auth.google_tokens import encrypt_token
 
     async def create(scopes: tuple[str, ...] = GMAIL_SCOPES, expired: bool = False,
-                     **fields: Any) -> Any:
+                     stored_expired: bool = False, **fields: Any) -> Any:
+        """expired: Google rejects the access token although our stored expiry looks
+        valid (revoked early); stored_expired: our stored expiry has passed."""
         access = fake_gmail.issue_token(scopes)
         if expired:
             fake_gmail.expire(access)
@@ -62,7 +64,8 @@ def gmail_user(make_user: Callable[..., Awaitable[Any]], fake_gmail: FakeGmail,
         return await make_user(
             google_access_token_enc=encrypt_token(app_settings, access),
             google_refresh_token_enc=encrypt_token(app_settings, refresh),
-            google_token_expires_at=datetime.now(UTC) + timedelta(hours=1),
+            google_token_expires_at=datetime.now(UTC) + timedelta(
+                hours=-1 if stored_expired else 1),
             google_scopes=" ".join(["openid", "email", "profile", *scopes]), **fields)
 
     return create

@@ -272,3 +272,34 @@ async def test_endless_tool_calls_are_cut_off(
     assert response.status == 200
     assert response.json["message"]["content"]
     assert len(fake_openai.chat_requests()) == MAX_TOOL_ROUNDS
+
+
+async def test_expired_token_is_refreshed_before_the_call(
+        app: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
+        fake_openai: FakeOpenAI, fake_gmail: FakeGmail) -> None:
+    fake_gmail.add_email("Fay <fay@example.com>", "Hi", "Hello!")
+    user = await gmail_user(expired=True, stored_expired=True)
+    cid = await new_conversation(user)
+    fake_openai.enqueue(Reply(tool_calls=[ToolCall("search_messages", {"q": "from:fay"})]),
+                        Reply(content="Fay said hello."))
+    response = await _ask(app, cid, auth_headers(user), "Mail from Fay?")
+    assert response.status == 200
+    assert len(fake_gmail.refresh_grants) == 1
+    # Refreshed up front: Gmail never saw the stale token, so no 401 round trip.
+    assert all(fake_gmail.tokens[r.headers["authorization"][7:]].expires_at > 0
+               for r in fake_gmail.api_requests())
+
+
+async def test_google_unreachable_is_explained(
+        app: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
+        fake_openai: FakeOpenAI, fake_gmail: FakeGmail) -> None:
+    from app.assistant.email_agent import GOOGLE_UNAVAILABLE_MESSAGE
+
+    user = await gmail_user(stored_expired=True)
+    fake_gmail.stop()  # neither Gmail nor the token endpoint answers
+    cid = await new_conversation(user)
+    fake_openai.enqueue(Reply(tool_calls=[ToolCall("search_messages", {"q": "is:unread"})]))
+    response = await _ask(app, cid, auth_headers(user), "Anything new?")
+    assert response.status == 200
+    assert response.json["notice"] == "google_unavailable"
+    assert response.json["message"]["content"] == GOOGLE_UNAVAILABLE_MESSAGE
