@@ -408,3 +408,14 @@ async def test_partial_consent_records_only_granted_scopes(
     async with db_session():
         user = await User.get(email="carol@example.com")
     assert has_gmail_access(user) and not has_gmail_access(user, compose=True)
+
+
+async def test_database_down_at_callback_is_a_clear_503_without_a_session(
+        start_app: StartApp, fake_idp: FakeIdP) -> None:
+    dead_db = f"postgres://assistantapp:x@127.0.0.1:{free_port()}/assistantapp"
+    live = await start_app(fake_idp_discovery(fake_idp), database_url=dead_db)
+    async with live.client() as client:
+        response = await idp_sign_in(client)
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "database_unavailable"
+    assert "aa_refresh" not in cookies_set(response)

@@ -259,6 +259,7 @@
     gmail_access_missing:
       "Gmail access was not granted. To use the email agent, sign out, sign in again and allow Gmail on Google's consent page.",
     google_not_connected: "Your Google account is not connected any more. Please sign in with Google again.",
+    google_unavailable: "Google could not be reached just now. Please try again in a moment.",
   };
 
   function addNotice(code) {
