@@ -148,3 +148,10 @@ def test_server_refuses_to_start_with_the_same_list(tmp_path: Path) -> None:
                     "Required environment variable OPENAI_API_KEY is not set"):
         assert f"  - {message}" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_generators_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["config-table"]) == 0
+    assert capsys.readouterr().out == cli.config_table()
+    assert cli.main(["env-example"]) == 0
+    assert capsys.readouterr().out == cli.env_example()
