@@ -15,6 +15,8 @@ A ready app (use these for endpoint tests)
 - `app`: create_app(app_settings); Redis is flushed first. Call it with the ASGI client:
   `_, response = await app.asgi_client.get("/api/me", headers=auth_headers(user))`
   (every request runs the server start/stop listeners, so the ORM is set up per request).
+- `make_app`: `make_app(replace_settings(app_settings, ...))` builds an app with other
+  settings (same Redis flush and Sanic registry handling as `app`).
 - `client`: the same app behind a client that runs the start listeners once (first request)
   and the stop listeners at teardown, like a real server: `_, response = await
   client.get(...)`. Much faster for many requests; add extra routes before the first one.
@@ -123,24 +125,36 @@ def app_settings(migrated_database_url: str, redis_server: RedisServer) -> Any:
 
 
 @pytest.fixture
-def app(app_settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sanic]:
+def make_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Any], Sanic]]:
     from app.factory import create_app
 
     # sanic-ext prints its startup banner outside worker processes, and that banner builds
     # the URL of an OpenAPI UI page we do not serve (app.web disables the CDN-loaded UIs),
     # which raises on every ASGI test request. Pretend to be a worker: no banner.
     monkeypatch.setenv("SANIC_WORKER_IDENTIFIER", "pytest")
-
-    client = redis.Redis.from_url(app_settings.redis_url)
-    try:
-        client.flushdb()  # no rate-limit counters or cached state from earlier tests
-    finally:
-        client.close()
     # Sanic refuses a second app with the same name unless in test mode.
     Sanic.test_mode = True
-    application = create_app(app_settings)
-    yield application
-    Sanic._app_registry.pop(application.name, None)
+    built: list[Sanic] = []
+
+    def build(settings: Any) -> Sanic:
+        client = redis.Redis.from_url(settings.redis_url)
+        try:
+            client.flushdb()  # no rate-limit counters or cached state from earlier tests
+        except redis.ConnectionError:
+            pass  # a test of a Redis outage
+        finally:
+            client.close()
+        built.append(create_app(settings))
+        return built[-1]
+
+    yield build
+    for application in built:
+        Sanic._app_registry.pop(application.name, None)
+
+
+@pytest.fixture
+def app(app_settings: Any, make_app: Callable[[Any], Sanic]) -> Sanic:
+    return make_app(app_settings)
 
 
 class StartedASGIClient(SanicASGITestClient):

@@ -25,7 +25,7 @@ from app.auth.tokens import create_access_token
 from app.config import load_settings
 from app.db import APP_LABEL, MIGRATIONS_DIR, migrate, ping_database, tortoise_config
 from app.db import cli as db_cli
-from tests.conftest import VALID_ENV
+from tests.conftest import VALID_ENV, replace_settings
 from tests.servers import PostgresServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,6 +153,18 @@ def test_invalid_configuration_exits_1_with_the_list(tmp_path: Path) -> None:
     assert "PORT" in result.stderr and "Traceback" not in result.stderr
 
 
+async def test_config_problems_in_process(monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str],
+                                          in_tmp_cwd: Path) -> None:
+    code, _, err = await cli(["current", "--env-file", "missing.env"], monkeypatch,
+                             "postgres://x@127.0.0.1/x", capsys)
+    assert code == 1 and "Env file not found: missing.env" in err
+    monkeypatch.setenv("JWT_SECRET", "short")
+    code = await asyncio.to_thread(db_cli.main, ["current"])
+    err = capsys.readouterr().err
+    assert code == 1 and "JWT_SECRET must be at least 32 characters long" in err
+
+
 def test_missing_env_file_is_an_error(tmp_path: Path) -> None:
     result = run_cli(["current", "--env-file", str(tmp_path / "nope.env")], VALID_ENV,
                      tmp_path)
@@ -219,9 +231,8 @@ def _snapshot(postgres: PostgresServer, db: str) -> dict[str, str]:
 
 
 def _columns(postgres: PostgresServer, db: str, table: str) -> set[str]:
-    return set(postgres.psql(
-        f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}'",  # noqa: S608 - constant table names
-        database=db).split())
+    sql = f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}'"
+    return set(postgres.psql(sql, database=db).split())
 
 
 def _indexes(postgres: PostgresServer, db: str) -> set[str]:
@@ -318,6 +329,23 @@ async def test_ping_database(migrated_database_url: str) -> None:
                 await ping_database(within_s=5)
         finally:
             await Tortoise.close_connections()
+
+
+def test_postgresql_scheme_is_accepted() -> None:
+    config = tortoise_config("postgresql://u:p@db.internal:5433/app")
+    assert config["connections"]["default"] == "postgres://u:p@db.internal:5433/app"
+    assert config["apps"]["models"]["models"] == ["app.db.models", "aerich.models"]
+
+
+async def test_requests_get_503_while_database_is_unreachable(
+        app_settings: Any, make_app: Any, auth_headers: Any) -> None:
+    dead = f"postgres://assistantapp:pw@127.0.0.1:{free_port()}/assistantapp"
+    app = make_app(replace_settings(app_settings, database_url=dead))
+    _, response = await app.asgi_client.get("/api/me", headers=auth_headers(1))
+    assert response.status == 503
+    assert response.json == {"error": "Database temporarily unavailable, please retry",
+                             "code": "database_unavailable"}
+    assert response.headers["retry-after"] == "5"
 
 
 class AppProcess:
