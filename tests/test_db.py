@@ -126,6 +126,20 @@ async def test_downgrade_to_a_version_that_is_not_applied(
     assert code == 1 and "is not applied" in err and "Traceback" not in err
 
 
+async def test_downgrade_refuses_versions_this_code_does_not_ship(
+        postgres: PostgresServer, database_url: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], in_tmp_cwd: Path) -> None:
+    """Older code cannot undo a newer release's migration (its downgrade lives there)."""
+    await migrate.upgrade(database_url)
+    future = "9_20991231000000_from_a_newer_release"
+    postgres.psql(f"INSERT INTO aerich (version, app, content) VALUES ('{future}.py', "
+                  f"'{APP_LABEL}', '{{}}')", database=database_url.rsplit("/", 1)[1])
+    assert await cli(["current"], monkeypatch, database_url, capsys) == (0, f"{future}\n", "")
+    code, _, err = await cli(["downgrade", "--to", INIT], monkeypatch, database_url, capsys)
+    assert code == 1 and "does not ship" in err and future in err
+    assert await migrate.current(database_url) == future  # untouched
+
+
 def test_database_down_is_a_clear_error_without_traceback(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     url = f"postgres://assistantapp:s3cret-pass@127.0.0.1:{port}/assistantapp"
