@@ -240,6 +240,8 @@ def nspawn_command(spec: HostSpec) -> list[str]:
         # The host manages its own clock zone (the common role sets it).
         "--timezone=off",
         "--resolv-conf=copy-host",
+        # Keep the journal inside the host; never link it into this machine's /var/log/journal.
+        "--link-journal=no",
     ]
 
 
