@@ -111,7 +111,9 @@ class OIDCProvider:
         self._metadata_at = 0.0
         self._jwks: list[jwt.PyJWK] = []
         self._jwks_at = 0.0
-        self._lock = asyncio.Lock()
+        # Two locks: fetching the JWKS needs the metadata, and asyncio locks do not nest.
+        self._metadata_lock = asyncio.Lock()
+        self._jwks_lock = asyncio.Lock()
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         try:
@@ -127,7 +129,7 @@ class OIDCProvider:
     async def metadata(self) -> dict[str, Any]:
         if self._metadata and time.monotonic() - self._metadata_at < self.METADATA_TTL:
             return self._metadata
-        async with self._lock:
+        async with self._metadata_lock:
             if self._metadata and time.monotonic() - self._metadata_at < self.METADATA_TTL:
                 return self._metadata
             data = await self._get_json(self.settings.google_discovery_url)
@@ -151,12 +153,12 @@ class OIDCProvider:
     async def signing_keys(self, kid: str | None) -> list[jwt.PyJWK]:
         now = time.monotonic()
         if not self._jwks or now - self._jwks_at >= self.JWKS_TTL:
-            async with self._lock:
+            async with self._jwks_lock:
                 if not self._jwks or time.monotonic() - self._jwks_at >= self.JWKS_TTL:
                     await self._fetch_jwks()
         matching = [k for k in self._jwks if kid is None or k.key_id == kid]
         if not matching and kid is not None:
-            async with self._lock:
+            async with self._jwks_lock:
                 if time.monotonic() - self._jwks_at >= self.JWKS_REFETCH_INTERVAL:
                     await self._fetch_jwks()
             matching = [k for k in self._jwks if k.key_id == kid]
@@ -457,9 +459,15 @@ async def upsert_google_user(token: dict[str, Any], claims: dict[str, Any],
     for attempt in range(2):
         user = await User.get_or_none(google_sub=sub)
         if user is None:
-            # The same person signing in again after a change of Google account id is
-            # matched by their (provider-verified) email address.
+            # A user created without Google (admin tools, tests) is linked by their
+            # provider-verified email address, once.
             user = await User.get_or_none(email=email)
+            if user is not None and user.google_sub not in (None, sub):
+                # The address now belongs to a different Google account (e.g. a deleted and
+                # re-created one): never hand it the old account's conversations.
+                raise GoogleAuthError(409, "google_account_mismatch",
+                                      "This email address is linked to a different Google "
+                                      "account. Please contact support.")
         if user is None:
             user = User(email=email)
         user.google_sub = sub

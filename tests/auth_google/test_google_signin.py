@@ -419,3 +419,29 @@ async def test_database_down_at_callback_is_a_clear_503_without_a_session(
     assert response.status_code == 503, response.text
     assert response.json()["code"] == "database_unavailable"
     assert "aa_refresh" not in cookies_set(response)
+
+
+async def test_existing_user_without_google_is_linked_by_email(
+        start_app: StartApp, fake_idp: FakeIdP, make_user: Any, db_session: DbSession) -> None:
+    from app.db.models import User
+
+    existing = await make_user(email="carol@example.com", name="Carol Admin-made")
+    live = await start_app(fake_idp_discovery(fake_idp))
+    async with live.client() as client:
+        response = await idp_sign_in(client)
+    assert response.status_code == 200
+    assert response.json()["user"]["id"] == existing.id
+    async with db_session():
+        linked = await User.get(id=existing.id)
+    assert linked.google_sub == "idp-sub-1"
+
+
+async def test_email_of_another_google_account_is_not_taken_over(
+        start_app: StartApp, fake_idp: FakeIdP, make_user: Any) -> None:
+    await make_user(email="carol@example.com", google_sub="an-older-google-account")
+    live = await start_app(fake_idp_discovery(fake_idp))
+    async with live.client() as client:
+        response = await idp_sign_in(client)
+    assert response.status_code == 409
+    assert response.json()["code"] == "google_account_mismatch"
+    assert "aa_refresh" not in cookies_set(response)
