@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 from uuid import UUID
 
@@ -37,6 +38,7 @@ HISTORY_LIMIT = 40
 LIST_LIMIT_MAX = 100
 
 bp = Blueprint("assistant", url_prefix="/api")
+log = logging.getLogger(__name__)
 # Turns still running after their client left; referenced so they are not garbage-collected.
 _running_turns: set[asyncio.Future[Any]] = set()
 
@@ -252,8 +254,9 @@ class _Stream:
                              "X-Accel-Buffering": "no"})
             payload = json.dumps(data, ensure_ascii=False)
             await self.response.send(f"event: {event}\ndata: {payload}\n\n")
-        except Exception:
+        except Exception as exc:
             # The browser went away: finish the turn anyway so the answer is stored.
+            log.debug("SSE client gone: %s: %s", type(exc).__name__, exc)
             self.client_gone = True
 
     async def close(self) -> None:
