@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -345,10 +346,14 @@ async def test_ping_database(migrated_database_url: str) -> None:
             await Tortoise.close_connections()
 
 
-def test_postgresql_scheme_is_accepted() -> None:
+def test_tortoise_config() -> None:
     config = tortoise_config("postgresql://u:p@db.internal:5433/app")
-    assert config["connections"]["default"] == "postgres://u:p@db.internal:5433/app"
+    assert config["connections"]["default"] == "postgres://u:p@db.internal:5433/app?timeout=5"
     assert config["apps"]["models"]["models"] == ["app.db.models", "aerich.models"]
+    own = tortoise_config("postgres://u:p@h/app?timeout=2&ssl=require")["connections"]
+    assert own["default"] == "postgres://u:p@h/app?timeout=2&ssl=require"
+    other = tortoise_config("postgres://u:p@h/app?ssl=require")["connections"]
+    assert other["default"] == "postgres://u:p@h/app?ssl=require&timeout=5"
 
 
 async def test_requests_get_503_while_database_is_unreachable(
@@ -360,6 +365,38 @@ async def test_requests_get_503_while_database_is_unreachable(
     assert response.json == {"error": "Database temporarily unavailable, please retry",
                              "code": "database_unavailable"}
     assert response.headers["retry-after"] == "5"
+
+
+async def test_a_silent_database_fails_fast_with_503(
+        app_settings: Any, make_app: Any, auth_headers: Any) -> None:
+    """A host that accepts TCP but never answers (partitioned network, hung server): the
+    connect timeout answers 503 in seconds instead of holding the request for a minute."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    try:
+        silent = f"postgres://assistantapp:pw@127.0.0.1:{port}/assistantapp?timeout=1"
+        app = make_app(replace_settings(app_settings, database_url=silent))
+        started = time.monotonic()
+        _, response = await app.asgi_client.get("/api/me", headers=auth_headers(1))
+        assert response.status == 503 and response.json["code"] == "database_unavailable"
+        assert time.monotonic() - started < 15
+    finally:
+        listener.close()
+
+
+async def test_other_timeouts_are_not_blamed_on_the_database(
+        app_settings: Any, make_app: Any) -> None:
+    app = make_app(app_settings)
+
+    async def slow_partner(request: Any) -> Any:
+        raise TimeoutError("the partner API did not answer")
+
+    app.add_route(slow_partner, "/test/partner-timeout", name="test_partner_timeout")
+    _, response = await app.asgi_client.get("/test/partner-timeout")
+    assert response.status == 500
+    assert "database" not in response.text.lower()
 
 
 class AppProcess:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import tortoise.context as tortoise_context_module
@@ -26,17 +27,21 @@ from app.errors import json_error
 APP_LABEL = "models"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 CONNECTION_NAME = "default"
+CONNECT_TIMEOUT_S = 5
 
 log = logging.getLogger(__name__)
 
-# What a query raises while PostgreSQL is down, restarting or unreachable.
+# What a query raises while PostgreSQL is down, restarting or unreachable. The builtin
+# ones (refused connection, connect timeout) count only when raised inside the driver/ORM.
 DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     DBConnectionError,
     ConnectionError,
+    TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
 )
+_DATABASE_MODULES = ("asyncpg", "tortoise")
 
 
 def tortoise_config(database_url: str) -> dict[str, Any]:
@@ -55,10 +60,15 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
 
 
 def _tortoise_url(database_url: str) -> str:
-    # Tortoise knows postgres:// and asyncpg://; accept the common postgresql:// spelling too.
-    if database_url.startswith("postgresql://"):
-        return "postgres://" + database_url[len("postgresql://"):]
-    return database_url
+    url = database_url
+    if url.startswith("postgresql://"):
+        url = "postgres://" + url[len("postgresql://"):]
+    # asyncpg waits 60s for a connection by default: with the database host unreachable every
+    # request would hang that long. Fail fast (503) unless the URL sets its own timeout.
+    query = parse_qs(urlsplit(url).query)
+    if "timeout" not in query:
+        url += ("&" if "?" in url else "?") + f"timeout={CONNECT_TIMEOUT_S}"
+    return url
 
 
 def setup_database(app: Sanic, settings: Settings) -> None:
@@ -85,12 +95,28 @@ def setup_database(app: Sanic, settings: Settings) -> None:
 
     @app.exception(list(DATABASE_UNAVAILABLE_ERRORS))
     async def database_unavailable(request: Request, exc: Exception) -> HTTPResponse:
+        if not raised_by_database(exc):
+            # e.g. a timeout talking to another service: not ours to describe.
+            return request.app.error_handler.default(request, exc)
         # A clear, retryable 503 instead of a 500 while the database is away.
         log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
         response = json_error(503, "Database temporarily unavailable, please retry",
                               "database_unavailable")
         response.headers["Retry-After"] = "5"
         return response
+
+
+def raised_by_database(exc: BaseException) -> bool:
+    """True when `exc` comes from asyncpg/tortoise (by class or by where it was raised)."""
+    if type(exc).__module__.split(".")[0] in _DATABASE_MODULES:
+        return True
+    traceback = exc.__traceback__
+    while traceback is not None:
+        module = str(traceback.tb_frame.f_globals.get("__name__", ""))
+        if module.split(".")[0] in _DATABASE_MODULES:
+            return True
+        traceback = traceback.tb_next
+    return False
 
 
 async def _close_stale_global_context() -> None:
