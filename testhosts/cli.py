@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from testhosts import hosts, network, rootfs, settings
-from testhosts.util import TestHostsError, log
+from testhosts.util import TestHostsError, ensure_host_packages, log
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -190,6 +190,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command in ("build", "up", "create", "start", "net-up"):
+            ensure_host_packages()
         result = args.func(args)
     except TestHostsError as exc:
         log(f"error: {exc}")

@@ -13,13 +13,14 @@ from pathlib import Path
 from testhosts import settings
 from testhosts.util import TestHostsError, locked, log, run
 
+SOURCES_LIST = Path("/etc/apt/sources.list")
 SOURCES_DIR = Path("/etc/apt/sources.list.d")
 
 
 def _configured_uris() -> list[str]:
     """Every apt URI this machine is configured with (one-line and deb822 formats)."""
     uris: list[str] = []
-    files = [Path("/etc/apt/sources.list")]
+    files = [SOURCES_LIST]
     if SOURCES_DIR.is_dir():
         files += sorted(p for p in SOURCES_DIR.iterdir() if p.suffix in (".list", ".sources"))
     for path in files:

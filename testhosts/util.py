@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -12,6 +13,8 @@ from pathlib import Path
 
 class TestHostsError(Exception):
     """A failure with a message meant for the person running the tool."""
+
+    __test__ = False  # not a pytest test class, despite the name
 
 
 def log(message: str) -> None:
@@ -41,3 +44,20 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# Command -> Debian package providing it (the tool's own dependencies on this machine).
+REQUIRED_COMMANDS = {
+    "debootstrap": "debootstrap",
+    "systemd-nspawn": "systemd-container",
+    "nft": "nftables",
+}
+
+
+def ensure_host_packages() -> None:
+    """apt-get install what the tool needs, only if a command is missing."""
+    missing = sorted({pkg for cmd, pkg in REQUIRED_COMMANDS.items() if shutil.which(cmd) is None})
+    if not missing:
+        return
+    log(f"installing {' '.join(missing)}")
+    run(["apt-get", "install", "-y", "--no-install-recommends", *missing])
