@@ -230,11 +230,22 @@ def run_browser_journey(app_process: AppProcess, fake_openai: FakeOpenAI,
     driver.refresh()
     wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
 
+    # Denying consent at the provider ends on our clear error page, still signed out.
+    driver.find_element(By.ID, "sign-in").click()
+    deny = wait.until(ec.element_to_be_clickable(
+        (By.CSS_SELECTOR, "button[name='action'][value='deny']")))
+    deny.click()
+    wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Sign-in cancelled"))
+    assert driver.current_url.startswith(app_process.base_url + "/auth/google/callback")
+    driver.find_element(By.LINK_TEXT, "Back to the assistant").click()
+    wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
+
     # The strict CSP held: the browser reported no violations and no script errors.
     logs = driver.get_log("browser")
     app_errors = [entry for entry in logs if entry["level"] == "SEVERE"
                   and app_process.base_url in entry.get("message", "")
-                  and "/auth/refresh" not in entry["message"]]
+                  and "/auth/refresh" not in entry["message"]
+                  and "/auth/google/callback" not in entry["message"]]  # the 403 page
     assert not [e for e in logs if "Content Security Policy" in e.get("message", "")
                 and app_process.base_url in e.get("message", "")], logs
     assert app_errors == [], app_errors
