@@ -116,8 +116,8 @@ class OIDCProvider:
         self._jwks_at = 0.0
         # Two locks: fetching the JWKS needs the metadata, and asyncio locks do not nest.
         self._metadata_lock = asyncio.Lock()
-        self._ssl_context: ssl.SSLContext | None = None
         self._jwks_lock = asyncio.Lock()
+        self._ssl_context: ssl.SSLContext | None = None
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         try:
@@ -148,6 +148,8 @@ class OIDCProvider:
         data = await self._get_json(meta["jwks_uri"])
         keys: list[jwt.PyJWK] = []
         for entry in data.get("keys", []) if isinstance(data.get("keys"), list) else []:
+            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+                continue  # encryption keys never verify signatures
             try:
                 keys.append(jwt.PyJWK(entry))
             except (jwt.PyJWKError, jwt.InvalidKeyError, TypeError, ValueError):
