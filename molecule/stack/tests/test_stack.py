@@ -1,0 +1,151 @@
+"""The whole stack on one host: TLS in front, the app behind it, sandboxed and laid out
+as the app role promises, backups scheduled."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+ADDRESS = "10.213.0.42"
+SITE = f"https://{ADDRESS}"
+APP_ROOT = "/opt/assistantapp"
+
+
+def ca_file() -> str:
+    return str(Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "pki" / "ca.crt")
+
+
+def client() -> httpx.Client:
+    return httpx.Client(verify=ca_file(), timeout=10, trust_env=False)
+
+
+def live_port(host) -> int:
+    return int(json.loads(host.file(f"{APP_ROOT}/state.json").content_string)["live_port"])
+
+
+def test_ready_through_nginx_with_the_project_ca():
+    with client() as http:
+        response = http.get(f"{SITE}/health/ready")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "ready"
+    assert "max-age=63072000" in response.headers["strict-transport-security"]
+
+
+def test_http_redirects_to_https():
+    with httpx.Client(timeout=10, trust_env=False) as http:
+        response = http.get(f"http://{ADDRESS}/health/ready")
+    assert response.status_code == 301
+    assert response.headers["location"] == f"{SITE}/health/ready"
+
+
+def _handshake(version: ssl.TLSVersion) -> str | None:
+    context = ssl.create_default_context(cafile=ca_file())
+    context.minimum_version = context.maximum_version = version
+    import socket
+    with socket.create_connection((ADDRESS, 443), timeout=5) as sock:
+        try:
+            with context.wrap_socket(sock, server_hostname=ADDRESS) as tls:
+                return tls.version()
+        except ssl.SSLError:
+            return None
+
+
+def test_tls_1_2_and_1_3_only():
+    assert _handshake(ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
+    assert _handshake(ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+    # TLS 1.1 must be refused (OpenSSL may not even offer it: then no handshake either).
+    try:
+        assert _handshake(ssl.TLSVersion.TLSv1_1) is None
+    except (ssl.SSLError, ValueError):
+        pass
+
+
+def test_tls_1_2_refuses_cbc_ciphers():
+    result = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{ADDRESS}:443", "-tls1_2",
+         "-cipher", "ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA", "-CAfile", ca_file()],
+        input="", capture_output=True, text=True, timeout=15, check=False)
+    assert result.returncode != 0, result.stdout[-500:]
+
+
+def test_body_larger_than_the_app_limit_is_refused_by_nginx():
+    with client() as http:
+        response = http.post(f"{SITE}/", content=b"x" * (1024 * 1024 + 10),
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_the_unit_is_sandboxed(host):
+    result = host.run("systemd-analyze security --no-pager assistantapp@%s.service",
+                      str(live_port(host)))
+    last = [line for line in result.stdout.splitlines() if "Overall exposure level" in line][-1]
+    score = float(last.split(":")[1].split()[0])
+    assert score <= 2.0, last
+
+
+def test_the_instance_runs_as_the_app_user_with_the_env_file(host):
+    port = live_port(host)
+    service = host.service(f"assistantapp@{port}")
+    assert service.is_running and service.is_enabled
+    assert host.process.filter(user="assistantapp", comm="sanic") or \
+        host.process.filter(user="assistantapp")
+    env = host.file(f"{APP_ROOT}/shared/app.env")
+    assert env.user == "assistantapp" and env.mode == 0o600
+
+
+def test_current_points_at_a_complete_release_and_the_log_records_it(host):
+    current = host.file(f"{APP_ROOT}/current")
+    assert current.is_symlink
+    release = current.linked_to.rsplit("/", 1)[-1]
+    assert host.file(f"{APP_ROOT}/releases/{release}/.complete").exists
+    entries = [json.loads(line) for line in
+               host.file(f"{APP_ROOT}/releases.log").content_string.splitlines()]
+    assert entries[-1]["release"] == release
+    assert entries[-1]["migration_head"] not in ("", "base")
+    assert not host.file(f"{APP_ROOT}/deploy.lock").exists
+
+
+def test_the_app_listens_on_loopback_only(host):
+    port = live_port(host)
+    assert host.socket(f"tcp://127.0.0.1:{port}").is_listening
+    assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
+
+
+def test_metrics_allowed_from_the_internal_network_only(host):
+    # From the controller (10.213.0.1, internal) nginx passes /metrics through.
+    with client() as http:
+        assert http.get(f"{SITE}/metrics").status_code == 200
+    # The nginx rule itself: anything not internal is denied.
+    site = host.file("/etc/nginx/assistantapp/site.conf").content_string
+    assert "location = /metrics" in site and "deny all;" in site
+
+
+def test_a_bad_nginx_template_is_refused_and_the_live_config_kept(host):
+    before = host.file("/etc/nginx/assistantapp/site.conf").content_string
+    host.run("printf 'server { bogus_directive on; }' > /tmp/bad.conf")
+    result = host.run("/usr/local/sbin/nginx-validate-candidate /tmp/bad.conf assistantapp/site.conf")
+    assert result.rc != 0
+    assert "bogus_directive" in result.stderr
+    assert host.file("/etc/nginx/assistantapp/site.conf").content_string == before
+    assert host.run("nginx -t").rc == 0
+
+
+def test_backups_are_scheduled_and_work(host):
+    assert host.service("assistantapp-backup.timer").is_enabled
+    result = host.run("systemctl start assistantapp-backup.service")
+    assert result.rc == 0, result.stderr
+    dumps = host.run("ls /var/backups/postgresql/scheduled/").stdout.split()
+    assert any(name.endswith(".dump") for name in dumps)
+    listing = host.run("pg_restore --list /var/backups/postgresql/scheduled/%s", sorted(dumps)[-1])
+    assert "TABLE" in listing.stdout
+
+
+@pytest.mark.parametrize("path", ["/etc/nginx/tls/assistantapp.key", "/opt/assistantapp/shared/app.env"])
+def test_secrets_are_not_world_readable(host, path):
+    assert host.file(path).mode & 0o077 == 0
