@@ -117,12 +117,23 @@ class Server:
     def __enter__(self) -> Server:
         try:
             wait_for_port(self.port, timeout=60)
-            time.sleep(1.0)  # every worker up, not just the first
+            self._wait_until_idle()
         except TimeoutError:
             self.__exit__()
             self.log.seek(0)
             raise RuntimeError(self.log.read().decode(errors="replace")[-3000:]) from None
         return self
+
+    def _wait_until_idle(self, timeout: float = 90.0) -> None:
+        """The port opens with the first worker; the others may still be importing (which
+        would be counted as request CPU). Wait until the server's CPU use settles."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            before = process_group_cpu_s(self.proc.pid)
+            time.sleep(0.5)
+            if process_group_cpu_s(self.proc.pid) - before < 0.03:
+                return
+        raise TimeoutError("server did not settle")
 
     def __exit__(self, *exc: object) -> None:
         if self.proc.poll() is None:

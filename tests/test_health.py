@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.ops.health import EXTERNAL_TIMEOUT_S
 from tests.conftest import VALID_ENV
 from tests.servers import PostgresServer, RedisServer, free_port
 
@@ -53,7 +54,7 @@ class AppServer:
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         try:
-            wait_until(self._serving, timeout=30)
+            wait_until(self._serving, timeout=90)
         except Exception:
             output = self.log.read_text(errors="replace")[-3000:]
             self.stop()
@@ -271,8 +272,9 @@ def test_unreachable_external_services_are_reported_and_health_stays_fast(
         for _ in range(3):
             started = time.monotonic()
             response = server.get("/health")
-            # Never waits for the 2 s probe timeout of the black hole.
-            assert time.monotonic() - started < 1.0
+            # Never waits for the black hole's probe, which only its timeout ends.
+            assert time.monotonic() - started < EXTERNAL_TIMEOUT_S
+            assert response.json()["responseTime"] < 1000
         google = wait_until(lambda: _external_checked(server, "google"))
         assert google["status"] == "unreachable"
         assert "ConnectError" in google["error"]
