@@ -20,6 +20,7 @@ A ready app (use these for endpoint tests)
 - `client`: the same app behind a client that runs the start listeners once (first request)
   and the stop listeners at teardown, like a real server: `_, response = await
   client.get(...)`. Much faster for many requests; add extra routes before the first one.
+- `start_client`: `client = start_client(make_app(...))`, the same for an app built in the test.
 - `make_user`: `user = await make_user(email=..., **fields)` inserts a User row
   (defaults: unique email, a name).
 - `auth_headers`: `auth_headers(user_or_id, scopes=("user",))` -> {"Authorization":
@@ -192,11 +193,25 @@ class StartedASGIClient(SanicASGITestClient):
 
 
 @pytest.fixture
-async def client(app: Sanic) -> AsyncIterator[StartedASGIClient]:
-    started = StartedASGIClient(app)
-    yield started
-    await started.stop()
-    await started.aclose()
+async def start_client() -> AsyncIterator[Callable[[Sanic], StartedASGIClient]]:
+    """`client = start_client(other_app)`: a `client` for an app built in the test (e.g. with
+    make_app); its stop listeners run at teardown."""
+    started: list[StartedASGIClient] = []
+
+    def start(application: Sanic) -> StartedASGIClient:
+        started.append(StartedASGIClient(application))
+        return started[-1]
+
+    yield start
+    for each in started:
+        await each.stop()
+        await each.aclose()
+
+
+@pytest.fixture
+async def client(app: Sanic, start_client: Callable[[Sanic], StartedASGIClient]
+                 ) -> StartedASGIClient:
+    return start_client(app)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import httpx
 from sanic import Sanic
 
 from app.config import Settings
+from app.http import httpx_tls_context
 
 # Gmail answers within seconds; a hung connection must not hold a chat turn for minutes.
 GMAIL_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
@@ -24,7 +25,7 @@ def setup_assistant(app: Sanic, settings: Settings) -> None:
     async def start_assistant_clients(app: Sanic) -> None:
         # Without a key (allowed in development only) the assistant answers "not configured".
         app.ctx.llm = ModelClient(settings) if settings.openai_configured else None
-        app.ctx.gmail_http = httpx.AsyncClient(timeout=GMAIL_TIMEOUT)
+        app.ctx.gmail_http = httpx.AsyncClient(timeout=GMAIL_TIMEOUT, verify=httpx_tls_context())
 
     @app.after_server_stop
     async def stop_assistant_clients(app: Sanic) -> None:

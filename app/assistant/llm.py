@@ -17,6 +17,7 @@ from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageFunctionToolCall
 
 from app.config import Settings
+from app.http import httpx2_tls_context
 
 NOT_CONFIGURED_MESSAGE = "The assistant is not configured (OPENAI_API_KEY is not set)"
 
@@ -86,6 +87,10 @@ class ModelClient:
             api_key=settings.openai_api_key,
             timeout=float(settings.openai_timeout),
             max_retries=settings.openai_max_retries,
+            # The SDK's default client, but with the process-wide TLS context (app/http.py).
+            http_client=openai.DefaultAsyncHttpxClient(
+                base_url=settings.openai_base_url, timeout=float(settings.openai_timeout),
+                verify=httpx2_tls_context()),
         )
 
     async def close(self) -> None:

@@ -31,6 +31,7 @@ from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json
 
 from app.config import Settings
+from app.http import httpx_tls_context
 from app.ops.metrics import agents_json, aggregate, resident_memory_bytes
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,8 @@ class ExternalChecker:
 
     async def run_forever(self) -> None:
         interval = self.settings.health_check_interval / 1000
-        async with httpx.AsyncClient(timeout=EXTERNAL_TIMEOUT_S,
-                                     follow_redirects=False) as client:
+        async with httpx.AsyncClient(timeout=EXTERNAL_TIMEOUT_S, follow_redirects=False,
+                                     verify=httpx_tls_context()) as client:
             while True:
                 await self.check_once(client)
                 await asyncio.sleep(interval)

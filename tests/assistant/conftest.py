@@ -72,11 +72,11 @@ def gmail_user(make_user: Callable[..., Awaitable[Any]], fake_gmail: FakeGmail,
 
 
 @pytest.fixture
-def new_conversation(app: Any, auth_headers: Callable[..., dict[str, str]]
+def new_conversation(client: Any, auth_headers: Callable[..., dict[str, str]]
                      ) -> Callable[..., Awaitable[str]]:
     async def create(user: Any, **body: Any) -> str:
-        _, response = await app.asgi_client.post("/api/conversations", json=body,
-                                                 headers=auth_headers(user))
+        _, response = await client.post("/api/conversations", json=body,
+                                        headers=auth_headers(user))
         assert response.status == 201, response.text
         return str(response.json["conversation"]["id"])
 

@@ -14,10 +14,10 @@ from tests.fakes.openai_server import FakeOpenAI, Reply, ToolCall
 SSE = {"Accept": "text/event-stream"}
 
 
-async def _ask(app: Any, cid: str, headers: dict[str, str], content: str) -> Any:
-    _, response = await app.asgi_client.post(f"/api/conversations/{cid}/messages",
-                                             json={"content": content, "agent": "email"},
-                                             headers=headers)
+async def _ask(client: Any, cid: str, headers: dict[str, str], content: str) -> Any:
+    _, response = await client.post(f"/api/conversations/{cid}/messages",
+                                    json={"content": content, "agent": "email"},
+                                    headers=headers)
     return response
 
 
@@ -31,7 +31,7 @@ def _non_tool_text(request: dict[str, Any]) -> str:
 
 
 async def test_search_read_and_draft_reply_never_sends(
-        app: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
+        client: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
         fake_openai: FakeOpenAI, fake_gmail: FakeGmail, stored_messages: Any) -> None:
     bob = fake_gmail.add_email("Bob <bob@example.com>", "Lunch tomorrow?",
                                "Shall we meet at noon at the usual place?")
@@ -47,7 +47,7 @@ async def test_search_read_and_draft_reply_never_sends(
                                    {"message_id": bob.id, "body": "Noon works for me!"})]),
         Reply(content="I saved a draft reply to Bob in your Drafts."),
     )
-    response = await _ask(app, cid, {**auth_headers(user), **SSE},
+    response = await _ask(client, cid, {**auth_headers(user), **SSE},
                           "Find Bob's unread email about lunch and draft a reply saying "
                           "noon works.")
     assert response.status == 200
@@ -86,12 +86,12 @@ async def test_search_read_and_draft_reply_never_sends(
                                         "assistant", "tool", "assistant"]
     assert stored[-1].content == "Let me look. I saved a draft reply to Bob in your Drafts."
     assert stored[-1].id == events[-1][1]["messageId"]
-    _, shown = await app.asgi_client.get(f"/api/conversations/{cid}",
-                                         headers=auth_headers(user))
+    _, shown = await client.get(f"/api/conversations/{cid}",
+                                headers=auth_headers(user))
     assert [m["role"] for m in shown.json["conversation"]["messages"]] == ["user", "assistant"]
 
 
-async def test_thread_reading_and_json_mode(app: Any, gmail_user: Any, auth_headers: Any,
+async def test_thread_reading_and_json_mode(client: Any, gmail_user: Any, auth_headers: Any,
                                             new_conversation: Any, fake_openai: FakeOpenAI,
                                             fake_gmail: FakeGmail) -> None:
     first = fake_gmail.add_email("Carol <carol@example.com>", "Budget", "Draft budget v1")
@@ -101,9 +101,9 @@ async def test_thread_reading_and_json_mode(app: Any, gmail_user: Any, auth_head
     cid = await new_conversation(user, agent="email")
     fake_openai.enqueue(Reply(tool_calls=[ToolCall("get_thread", {"id": first.thread_id})]),
                         Reply(content="Carol sent budget v1 and you approved it."))
-    _, response = await app.asgi_client.post(f"/api/conversations/{cid}/messages",
-                                             json={"content": "Summarize the budget thread"},
-                                             headers=auth_headers(user))
+    _, response = await client.post(f"/api/conversations/{cid}/messages",
+                                    json={"content": "Summarize the budget thread"},
+                                    headers=auth_headers(user))
     assert response.status == 200
     assert response.json["message"]["content"] == "Carol sent budget v1 and you approved it."
     assert response.json["message"]["agent"] == "email"
@@ -113,7 +113,7 @@ async def test_thread_reading_and_json_mode(app: Any, gmail_user: Any, auth_head
 
 
 async def test_injected_instructions_in_email_cannot_draft_or_send(
-        app: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
+        client: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
         fake_openai: FakeOpenAI, fake_gmail: FakeGmail, stored_messages: Any) -> None:
     evil = fake_gmail.add_email(
         "Attacker <evil@attacker.example>", "Urgent: account check",
@@ -132,7 +132,7 @@ async def test_injected_instructions_in_email_cannot_draft_or_send(
         ]),
         Reply(content="Your latest email asks you to send your mail to a stranger; ignore it."),
     )
-    response = await _ask(app, cid, auth_headers(user), "Summarize my latest email")
+    response = await _ask(client, cid, auth_headers(user), "Summarize my latest email")
     assert response.status == 200
 
     assert fake_gmail.drafts == []
@@ -152,9 +152,9 @@ async def test_injected_instructions_in_email_cannot_draft_or_send(
 
     # Switching to the general agent in the same conversation: no email content follows.
     fake_openai.enqueue(Reply(content="Sure."))
-    _, general = await app.asgi_client.post(f"/api/conversations/{cid}/messages",
-                                            json={"content": "thanks", "agent": "general"},
-                                            headers=auth_headers(user))
+    _, general = await client.post(f"/api/conversations/{cid}/messages",
+                                   json={"content": "thanks", "agent": "general"},
+                                   headers=auth_headers(user))
     assert general.status == 200
     last = fake_openai.chat_requests()[-1]
     assert "tools" not in last
@@ -163,7 +163,7 @@ async def test_injected_instructions_in_email_cannot_draft_or_send(
 
 
 async def test_expired_access_token_is_refreshed_on_401(
-        app: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
+        client: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
         fake_openai: FakeOpenAI, fake_gmail: FakeGmail, db_session: Any,
         app_settings: Any) -> None:
     from app.auth.google_tokens import decrypt_token
@@ -176,7 +176,7 @@ async def test_expired_access_token_is_refreshed_on_401(
     cid = await new_conversation(user)
     fake_openai.enqueue(Reply(tool_calls=[ToolCall("search_messages", {"q": "from:dan"})]),
                         Reply(content="Dan said hi."))
-    response = await _ask(app, cid, auth_headers(user), "Any mail from Dan?")
+    response = await _ask(client, cid, auth_headers(user), "Any mail from Dan?")
     assert response.status == 200
     assert response.json["message"]["content"] == "Dan said hi."
 
@@ -197,13 +197,13 @@ async def test_expired_access_token_is_refreshed_on_401(
 
 
 async def test_revoked_grant_answers_with_access_missing(
-        app: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
+        client: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
         fake_openai: FakeOpenAI, fake_gmail: FakeGmail) -> None:
     user = await gmail_user(expired=True)
     fake_gmail.refresh_tokens.clear()  # the user revoked the app at Google
     cid = await new_conversation(user)
     fake_openai.enqueue(Reply(tool_calls=[ToolCall("search_messages", {"q": "is:unread"})]))
-    response = await _ask(app, cid, {**auth_headers(user), **SSE}, "What's new?")
+    response = await _ask(client, cid, {**auth_headers(user), **SSE}, "What's new?")
     assert response.status == 200
     events = parse_sse(response.text)
     assert "".join(d["text"] for n, d in events if n == "token") == ACCESS_MISSING_MESSAGE
@@ -212,11 +212,11 @@ async def test_revoked_grant_answers_with_access_missing(
 
 
 async def test_missing_gmail_scopes_are_explained(
-        app: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
+        client: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
         fake_openai: FakeOpenAI, fake_gmail: FakeGmail) -> None:
     user = await gmail_user(scopes=())  # the user unticked Gmail on the consent page
     cid = await new_conversation(user)
-    response = await _ask(app, cid, auth_headers(user), "Show my unread email")
+    response = await _ask(client, cid, auth_headers(user), "Show my unread email")
     assert response.status == 200
     assert response.json["notice"] == "gmail_access_missing"
     assert response.json["message"]["content"] == ACCESS_MISSING_MESSAGE
@@ -226,7 +226,7 @@ async def test_missing_gmail_scopes_are_explained(
 
 
 async def test_read_only_grant_cannot_draft(
-        app: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
+        client: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
         fake_openai: FakeOpenAI, fake_gmail: FakeGmail) -> None:
     mail = fake_gmail.add_email("Eve <eve@example.com>", "Party", "Come on Friday?")
     user = await gmail_user(scopes=(SCOPE_READONLY,))
@@ -235,7 +235,7 @@ async def test_read_only_grant_cannot_draft(
         Reply(tool_calls=[ToolCall("create_draft_reply",
                                    {"message_id": mail.id, "body": "Yes!"})]),
         Reply(content="I can't create drafts without permission."))
-    response = await _ask(app, cid, auth_headers(user), "Reply yes to Eve's party email")
+    response = await _ask(client, cid, auth_headers(user), "Reply yes to Eve's party email")
     assert response.status == 200
     output = _tool_outputs(fake_openai.chat_requests()[1])[0]
     assert "gmail.compose" in output["error"]
@@ -243,7 +243,7 @@ async def test_read_only_grant_cannot_draft(
 
 
 async def test_gmail_errors_become_tool_output(
-        app: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
+        client: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
         fake_openai: FakeOpenAI, fake_gmail: FakeGmail) -> None:
     user = await gmail_user()
     cid = await new_conversation(user)
@@ -251,7 +251,7 @@ async def test_gmail_errors_become_tool_output(
                                           ToolCall("search_messages", {"q": 7}),
                                           ToolCall("get_thread", "{not json")]),
                         Reply(content="I couldn't find that message."))
-    response = await _ask(app, cid, auth_headers(user), "Open message ffff0000")
+    response = await _ask(client, cid, auth_headers(user), "Open message ffff0000")
     assert response.status == 200
     not_found, bad_query, bad_args = _tool_outputs(fake_openai.chat_requests()[1])
     assert "not found" in not_found["error"]
@@ -260,7 +260,7 @@ async def test_gmail_errors_become_tool_output(
 
 
 async def test_endless_tool_calls_are_cut_off(
-        app: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
+        client: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
         fake_openai: FakeOpenAI, fake_gmail: FakeGmail) -> None:
     from app.assistant.email_agent import MAX_TOOL_ROUNDS
 
@@ -268,21 +268,21 @@ async def test_endless_tool_calls_are_cut_off(
     cid = await new_conversation(user)
     fake_openai.enqueue(*[Reply(tool_calls=[ToolCall("search_messages", {"q": "x"})])
                           for _ in range(MAX_TOOL_ROUNDS + 2)])
-    response = await _ask(app, cid, auth_headers(user), "Search forever")
+    response = await _ask(client, cid, auth_headers(user), "Search forever")
     assert response.status == 200
     assert response.json["message"]["content"]
     assert len(fake_openai.chat_requests()) == MAX_TOOL_ROUNDS
 
 
 async def test_expired_token_is_refreshed_before_the_call(
-        app: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
+        client: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
         fake_openai: FakeOpenAI, fake_gmail: FakeGmail) -> None:
     fake_gmail.add_email("Fay <fay@example.com>", "Hi", "Hello!")
     user = await gmail_user(expired=True, stored_expired=True)
     cid = await new_conversation(user)
     fake_openai.enqueue(Reply(tool_calls=[ToolCall("search_messages", {"q": "from:fay"})]),
                         Reply(content="Fay said hello."))
-    response = await _ask(app, cid, auth_headers(user), "Mail from Fay?")
+    response = await _ask(client, cid, auth_headers(user), "Mail from Fay?")
     assert response.status == 200
     assert len(fake_gmail.refresh_grants) == 1
     # Refreshed up front: Gmail never saw the stale token, so no 401 round trip.
@@ -291,7 +291,7 @@ async def test_expired_token_is_refreshed_before_the_call(
 
 
 async def test_google_unreachable_is_explained(
-        app: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
+        client: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
         fake_openai: FakeOpenAI, fake_gmail: FakeGmail) -> None:
     from app.assistant.email_agent import GOOGLE_UNAVAILABLE_MESSAGE
 
@@ -299,7 +299,7 @@ async def test_google_unreachable_is_explained(
     fake_gmail.stop()  # neither Gmail nor the token endpoint answers
     cid = await new_conversation(user)
     fake_openai.enqueue(Reply(tool_calls=[ToolCall("search_messages", {"q": "is:unread"})]))
-    response = await _ask(app, cid, auth_headers(user), "Anything new?")
+    response = await _ask(client, cid, auth_headers(user), "Anything new?")
     assert response.status == 200
     assert response.json["notice"] == "google_unavailable"
     assert response.json["message"]["content"] == GOOGLE_UNAVAILABLE_MESSAGE

@@ -34,25 +34,25 @@ def app_with(app_settings: Any) -> Iterator[Any]:
         Sanic._app_registry.pop(application.name, None)
 
 
-async def _post(app: Any, cid: str, headers: dict[str, str], **body: Any) -> Any:
-    _, response = await app.asgi_client.post(f"/api/conversations/{cid}/messages", json=body,
-                                             headers=headers)
+async def _post(client: Any, cid: str, headers: dict[str, str], **body: Any) -> Any:
+    _, response = await client.post(f"/api/conversations/{cid}/messages", json=body,
+                                    headers=headers)
     return response
 
 
-async def test_json_reply_is_stored_with_history(app: Any, make_user: Any, auth_headers: Any,
+async def test_json_reply_is_stored_with_history(client: Any, make_user: Any, auth_headers: Any,
                                                  new_conversation: Any, fake_openai: FakeOpenAI,
                                                  stored_messages: Any) -> None:
     user = await make_user()
     cid = await new_conversation(user)
-    first = await _post(app, cid, auth_headers(user), content="What is 2+2?")
+    first = await _post(client, cid, auth_headers(user), content="What is 2+2?")
     assert first.status == 200, first.text
     assert first.json["message"]["content"] == "You said: What is 2+2?"
     assert first.json["message"]["role"] == "assistant"
     assert first.json["userMessage"]["content"] == "What is 2+2?"
 
     fake_openai.enqueue(Reply(content="Four, as I said."))
-    second = await _post(app, cid, auth_headers(user), content="Again?")
+    second = await _post(client, cid, auth_headers(user), content="Again?")
     assert second.json["message"]["content"] == "Four, as I said."
 
     # The model received the whole dialogue, with the key and the configured model.
@@ -69,18 +69,18 @@ async def test_json_reply_is_stored_with_history(app: Any, make_user: Any, auth_
         ("assistant", "You said: What is 2+2?", "complete"),
         ("user", "Again?", "complete"),
         ("assistant", "Four, as I said.", "complete")]
-    _, listing = await app.asgi_client.get("/api/conversations", headers=auth_headers(user))
+    _, listing = await client.get("/api/conversations", headers=auth_headers(user))
     # The first message names an untitled conversation.
     assert listing.json["conversations"][0]["title"] == "What is 2+2?"
 
 
-async def test_sse_reply_streams_tokens_then_done(app: Any, make_user: Any, auth_headers: Any,
+async def test_sse_reply_streams_tokens_then_done(client: Any, make_user: Any, auth_headers: Any,
                                                   new_conversation: Any, fake_openai: FakeOpenAI,
                                                   stored_messages: Any) -> None:
     user = await make_user()
     cid = await new_conversation(user)
     fake_openai.enqueue(Reply(content="Streaming works fine today."))
-    response = await _post(app, cid, {**auth_headers(user), **SSE}, content="Stream please")
+    response = await _post(client, cid, {**auth_headers(user), **SSE}, content="Stream please")
     assert response.status == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["cache-control"].startswith("no-cache")
@@ -107,14 +107,14 @@ async def test_sse_reply_streams_tokens_then_done(app: Any, make_user: Any, auth
 ])
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_upstream_failures_keep_the_user_message(
-        app: Any, make_user: Any, auth_headers: Any, new_conversation: Any,
+        client: Any, make_user: Any, auth_headers: Any, new_conversation: Any,
         fake_openai: FakeOpenAI, stored_messages: Any, reply: Reply, status: int, code: str,
         streaming: bool) -> None:
     user = await make_user()
     cid = await new_conversation(user)
     fake_openai.enqueue(reply)
     headers = {**auth_headers(user), **(SSE if streaming else {})}
-    response = await _post(app, cid, headers, content="Please answer")
+    response = await _post(client, cid, headers, content="Please answer")
     # Nothing was streamed yet, so even an SSE client gets the HTTP status and JSON error.
     assert response.status == status
     assert response.json["code"] == code
@@ -127,19 +127,19 @@ async def test_upstream_failures_keep_the_user_message(
 
     # The failed turn is not replayed to the model as if it had been answered.
     fake_openai.enqueue(Reply(content="Back again"))
-    retry = await _post(app, cid, auth_headers(user), content="Try again")
+    retry = await _post(client, cid, auth_headers(user), content="Try again")
     assert retry.status == 200
     assert [m["content"] for m in fake_openai.chat_requests()[-1]["messages"][1:]] == [
         "Please answer", "Try again"]
 
 
 async def test_stream_broken_midway_ends_with_error_event(
-        app: Any, make_user: Any, auth_headers: Any, new_conversation: Any,
+        client: Any, make_user: Any, auth_headers: Any, new_conversation: Any,
         fake_openai: FakeOpenAI, stored_messages: Any) -> None:
     user = await make_user()
     cid = await new_conversation(user)
     fake_openai.enqueue(Reply(content="This answer will be cut off here", cut_after=3))
-    response = await _post(app, cid, {**auth_headers(user), **SSE}, content="Go")
+    response = await _post(client, cid, {**auth_headers(user), **SSE}, content="Go")
     assert response.status == 200
     events = parse_sse(response.text)
     assert [name for name, _ in events] == ["token", "token", "token", "error"]
@@ -150,31 +150,33 @@ async def test_stream_broken_midway_ends_with_error_event(
 
 
 async def test_bounded_retries_recover_from_one_failure(
-        app_with: Any, make_user: Any, auth_headers: Any, fake_openai: FakeOpenAI) -> None:
-    app = app_with(openai_max_retries=1)
+        app_with: Any, start_client: Any, make_user: Any, auth_headers: Any,
+        fake_openai: FakeOpenAI) -> None:
+    client = start_client(app_with(openai_max_retries=1))
     user = await make_user()
-    _, created = await app.asgi_client.post("/api/conversations", headers=auth_headers(user))
+    _, created = await client.post("/api/conversations", headers=auth_headers(user))
     cid = created.json["conversation"]["id"]
     fake_openai.fail_next(500, headers={"retry-after-ms": "10"})
-    response = await _post(app, cid, auth_headers(user), content="hello")
+    response = await _post(client, cid, auth_headers(user), content="hello")
     assert response.status == 200
     assert len(fake_openai.chat_requests()) == 2
 
     fake_openai.fail_next(500, times=3, headers={"retry-after-ms": "10"})
-    response = await _post(app, cid, auth_headers(user), content="hello")
+    response = await _post(client, cid, auth_headers(user), content="hello")
     assert response.status == 502
     assert len(fake_openai.chat_requests()) == 4  # 1 + max_retries, then give up
     assert fake_openai.pending() == 1
 
 
-async def test_not_configured_in_development(app_with: Any, make_user: Any, auth_headers: Any,
+async def test_not_configured_in_development(app_with: Any, start_client: Any, make_user: Any,
+                                             auth_headers: Any,
                                              fake_openai: FakeOpenAI) -> None:
-    app = app_with(app_env="development", openai_api_key="")
+    client = start_client(app_with(app_env="development", openai_api_key=""))
     user = await make_user()
-    _, created = await app.asgi_client.post("/api/conversations", headers=auth_headers(user))
+    _, created = await client.post("/api/conversations", headers=auth_headers(user))
     cid = created.json["conversation"]["id"]
     for extra in ({}, SSE):
-        response = await _post(app, cid, {**auth_headers(user), **extra}, content="hello")
+        response = await _post(client, cid, {**auth_headers(user), **extra}, content="hello")
         assert response.status == 503
         assert response.json == {
             "code": "assistant_not_configured",
@@ -182,7 +184,7 @@ async def test_not_configured_in_development(app_with: Any, make_user: Any, auth
     assert fake_openai.requests == []
 
 
-async def test_message_bad_input(app: Any, make_user: Any, auth_headers: Any,
+async def test_message_bad_input(client: Any, make_user: Any, auth_headers: Any,
                                  new_conversation: Any, fake_openai: FakeOpenAI,
                                  stored_messages: Any) -> None:
     user = await make_user()
@@ -199,27 +201,27 @@ async def test_message_bad_input(app: Any, make_user: Any, auth_headers: Any,
         (b'{"content": "' + b"a" * 40_000 + b'"}', 413, "message_too_large"),
     ]
     for body, status, code in cases:
-        _, response = await app.asgi_client.post(f"/api/conversations/{cid}/messages",
-                                                 content=body, headers=headers)
+        _, response = await client.post(f"/api/conversations/{cid}/messages",
+                                        content=body, headers=headers)
         assert response.status == status, body[:40]
         assert response.json["code"] == code, body[:40]
     assert await stored_messages(cid) == []
     assert fake_openai.requests == []
 
 
-async def test_body_over_the_size_limit_is_413(app: Any, make_user: Any, auth_headers: Any,
+async def test_body_over_the_size_limit_is_413(client: Any, make_user: Any, auth_headers: Any,
                                                new_conversation: Any,
                                                app_settings: Any) -> None:
     user = await make_user()
     cid = await new_conversation(user)
     body = b'{"content": "' + b"a" * (app_settings.request_max_size + 10) + b'"}'
-    _, response = await app.asgi_client.post(
+    _, response = await client.post(
         f"/api/conversations/{cid}/messages", content=body,
         headers={**auth_headers(user), "Content-Type": "application/json"})
     assert response.status == 413
 
 
-async def test_agent_runs_are_recorded(app: Any, make_user: Any, auth_headers: Any,
+async def test_agent_runs_are_recorded(client: Any, make_user: Any, auth_headers: Any,
                                        new_conversation: Any, fake_openai: FakeOpenAI,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from app.ops import metrics
@@ -231,23 +233,23 @@ async def test_agent_runs_are_recorded(app: Any, make_user: Any, auth_headers: A
     user = await make_user()
     cid = await new_conversation(user)
     fake_openai.enqueue(Reply(content="ok", delay=0.05), Reply(status=500))
-    assert (await _post(app, cid, auth_headers(user), content="one")).status == 200
-    assert (await _post(app, cid, auth_headers(user), content="two")).status == 502
+    assert (await _post(client, cid, auth_headers(user), content="one")).status == 200
+    assert (await _post(client, cid, auth_headers(user), content="two")).status == 502
     assert [(a, s) for a, s, _ in recorded] == [("general", True), ("general", False)]
     assert recorded[0][2] >= 0.05
 
 
-async def test_agent_statistics_reach_health(app: Any, gmail_user: Any, auth_headers: Any,
+async def test_agent_statistics_reach_health(client: Any, gmail_user: Any, auth_headers: Any,
                                              new_conversation: Any,
                                              fake_openai: FakeOpenAI) -> None:
     user = await gmail_user()
     cid = await new_conversation(user)
     fake_openai.enqueue(Reply(content="fine"), Reply(status=500), Reply(content="mail ok"))
-    assert (await _post(app, cid, auth_headers(user), content="a")).status == 200
-    assert (await _post(app, cid, auth_headers(user), content="b")).status == 502
-    assert (await _post(app, cid, auth_headers(user), content="c", agent="email")).status == 200
+    assert (await _post(client, cid, auth_headers(user), content="a")).status == 200
+    assert (await _post(client, cid, auth_headers(user), content="b")).status == 502
+    assert (await _post(client, cid, auth_headers(user), content="c", agent="email")).status == 200
 
-    _, health = await app.asgi_client.get("/health")
+    _, health = await client.get("/health")
     agents = health.json["agents"]
     assert agents["byAgent"]["general"]["total"] == 2
     assert agents["byAgent"]["general"]["successful"] == 1
