@@ -28,8 +28,13 @@ def app(redis_server: RedisServer) -> Iterator[Sanic]:
     drop_app(application)
 
 
-async def get(app: Sanic, path: str, method: str = "get", **headers: str) -> Any:
-    client = app.asgi_client
+@pytest.fixture
+def client(app: Sanic, start_client: Any) -> Any:
+    return start_client(app)
+
+
+async def get(client: Any, path: str, method: str = "get", **headers: str) -> Any:
+    """One request through `client` (tests/conftest.py) or an app's own asgi_client."""
     _, response = await getattr(client, method)(path, headers=headers)
     return response
 
@@ -41,8 +46,8 @@ def cors_headers_of(response: Any) -> dict[str, str]:
 
 # --- Security headers -----------------------------------------------------------------------
 
-async def test_page_gets_full_helmet_headers(app: Sanic) -> None:
-    response = await get(app, "/")
+async def test_page_gets_full_helmet_headers(client: Any) -> None:
+    response = await get(client, "/")
     assert response.status == 200
     headers = response.headers
     csp = headers["content-security-policy"]
@@ -69,8 +74,8 @@ async def test_page_gets_full_helmet_headers(app: Sanic) -> None:
 
 
 @pytest.mark.parametrize("path", API_PATHS)
-async def test_api_variant_has_no_csp_or_hsts(app: Sanic, path: str) -> None:
-    response = await get(app, path)
+async def test_api_variant_has_no_csp_or_hsts(client: Any, path: str) -> None:
+    response = await get(client, path)
     assert response.status == 200
     assert "content-security-policy" not in response.headers
     assert "strict-transport-security" not in response.headers
@@ -79,23 +84,23 @@ async def test_api_variant_has_no_csp_or_hsts(app: Sanic, path: str) -> None:
     assert response.headers["referrer-policy"] == "strict-origin-when-cross-origin"
 
 
-async def test_auth_json_is_api_but_auth_redirect_is_page(app: Sanic) -> None:
-    json_answer = await get(app, "/auth/refresh", method="post")
+async def test_auth_json_is_api_but_auth_redirect_is_page(client: Any) -> None:
+    json_answer = await get(client, "/auth/refresh", method="post")
     assert json_answer.status == 200
     assert "content-security-policy" not in json_answer.headers
     assert "strict-transport-security" not in json_answer.headers
-    redirect_answer = await get(app, "/auth/google")
+    redirect_answer = await get(client, "/auth/google")
     assert redirect_answer.status == 302
     assert "content-security-policy" in redirect_answer.headers
     assert "strict-transport-security" in redirect_answer.headers
 
 
-async def test_error_responses_carry_headers(app: Sanic) -> None:
-    missing = await get(app, "/no/such/page")
+async def test_error_responses_carry_headers(client: Any) -> None:
+    missing = await get(client, "/no/such/page")
     assert missing.status == 404
     assert missing.headers["x-frame-options"] == "DENY"
     assert "content-security-policy" in missing.headers
-    crash = await get(app, "/api/boom")
+    crash = await get(client, "/api/boom")
     assert crash.status == 500
     assert crash.headers["x-content-type-options"] == "nosniff"
     assert "boom" not in crash.text  # no traceback or exception text for clients
@@ -107,7 +112,7 @@ async def test_production_csp_upgrades_insecure_requests(redis_server: RedisServ
                             GOOGLE_TOKEN_ENCRYPTION_KEY="k" * 40)
     app = make_ops_app(settings)
     try:
-        response = await get(app, "/")
+        response = await get(app.asgi_client, "/")
         assert "upgrade-insecure-requests" in response.headers["content-security-policy"]
     finally:
         drop_app(app)
@@ -116,8 +121,8 @@ async def test_production_csp_upgrades_insecure_requests(redis_server: RedisServ
 # --- CORS -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("origin", [ALLOWED, OTHER_ALLOWED])
-async def test_allowed_origin_gets_cors_headers_with_credentials(app: Sanic, origin: str) -> None:
-    response = await get(app, "/api/data", Origin=origin)
+async def test_allowed_origin_gets_cors_headers_with_credentials(client: Any, origin: str) -> None:
+    response = await get(client, "/api/data", Origin=origin)
     assert response.status == 200
     assert response.headers["access-control-allow-origin"] == origin
     assert response.headers["access-control-allow-credentials"] == "true"
@@ -128,8 +133,8 @@ async def test_allowed_origin_gets_cors_headers_with_credentials(app: Sanic, ori
 @pytest.mark.parametrize(("path", "method"), [("/api/data", "get"), ("/api/data", "post"),
                                               ("/", "get"), ("/health/live", "get")])
 async def test_disallowed_origin_gets_json_403_without_cors_headers(
-        app: Sanic, path: str, method: str) -> None:
-    response = await get(app, path, method=method, Origin=EVIL)
+        client: Any, path: str, method: str) -> None:
+    response = await get(client, path, method=method, Origin=EVIL)
     assert response.status == 403
     assert response.json == {"error": CORS_FORBIDDEN_MESSAGE, "code": "cors_forbidden"}
     assert cors_headers_of(response) == {}
@@ -140,14 +145,14 @@ async def test_disallowed_origin_gets_json_403_without_cors_headers(
 
 @pytest.mark.parametrize("origin", ["null", "https://app.example.com.evil.net",
                                     "http://app.example.com", "not a url"])
-async def test_near_miss_origins_are_refused(app: Sanic, origin: str) -> None:
-    response = await get(app, "/api/data", Origin=origin)
+async def test_near_miss_origins_are_refused(client: Any, origin: str) -> None:
+    response = await get(client, "/api/data", Origin=origin)
     assert response.status == 403
     assert cors_headers_of(response) == {}
 
 
-async def test_preflight_answered_204(app: Sanic) -> None:
-    response = await get(app, "/api/data", method="options", Origin=ALLOWED,
+async def test_preflight_answered_204(client: Any) -> None:
+    response = await get(client, "/api/data", method="options", Origin=ALLOWED,
                          **{"Access-Control-Request-Method": "PUT",
                             "Access-Control-Request-Headers": "Authorization, Content-Type"})
     assert response.status == 204
@@ -162,30 +167,30 @@ async def test_preflight_answered_204(app: Sanic) -> None:
     assert response.body == b""
 
 
-async def test_preflight_on_route_without_options_handler(app: Sanic) -> None:
-    response = await get(app, "/auth/refresh", method="options", Origin=ALLOWED,
+async def test_preflight_on_route_without_options_handler(client: Any) -> None:
+    response = await get(client, "/auth/refresh", method="options", Origin=ALLOWED,
                          **{"Access-Control-Request-Method": "POST"})
     assert response.status == 204
     assert response.headers["access-control-allow-origin"] == ALLOWED
 
 
-async def test_preflight_from_disallowed_origin_is_403(app: Sanic) -> None:
-    response = await get(app, "/api/data", method="options", Origin=EVIL,
+async def test_preflight_from_disallowed_origin_is_403(client: Any) -> None:
+    response = await get(client, "/api/data", method="options", Origin=EVIL,
                          **{"Access-Control-Request-Method": "POST"})
     assert response.status == 403
     assert response.json["code"] == "cors_forbidden"
     assert cors_headers_of(response) == {}
 
 
-async def test_request_without_origin_passes_without_cors_headers(app: Sanic) -> None:
-    response = await get(app, "/api/data")
+async def test_request_without_origin_passes_without_cors_headers(client: Any) -> None:
+    response = await get(client, "/api/data")
     assert response.status == 200
     assert cors_headers_of(response) == {}
 
 
-async def test_same_origin_request_passes(app: Sanic) -> None:
+async def test_same_origin_request_passes(client: Any) -> None:
     # Browsers send Origin on same-origin POSTs; our own pages must not be refused.
-    response = await get(app, "/api/data", method="post", Origin="http://mockserver:1234")
+    response = await get(client, "/api/data", method="post", Origin="http://mockserver:1234")
     assert response.status == 200
     assert cors_headers_of(response) == {}
 
@@ -193,7 +198,7 @@ async def test_same_origin_request_passes(app: Sanic) -> None:
 async def test_wildcard_cors_echoes_origin(redis_server: RedisServer) -> None:
     app = make_ops_app(ops_settings(REDIS_URL=redis_server.url(), CORS_ORIGIN="*"))
     try:
-        response = await get(app, "/api/data", Origin=EVIL)
+        response = await get(app.asgi_client, "/api/data", Origin=EVIL)
         assert response.status == 200
         # With credentials the origin must be echoed; "*" would be rejected by browsers.
         assert response.headers["access-control-allow-origin"] == EVIL
@@ -213,20 +218,21 @@ def factory_app(app_settings: Any) -> Iterator[Sanic]:
     drop_app(application)
 
 
-async def test_factory_wires_headers_and_cors(factory_app: Sanic) -> None:
-    page = await get(factory_app, "/")
+async def test_factory_wires_headers_and_cors(factory_app: Sanic, start_client: Any) -> None:
+    client = start_client(factory_app)
+    page = await get(client, "/")
     assert page.status == 200
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["strict-transport-security"].startswith("max-age=31536000")
     assert page.headers["x-request-id"]
-    probe = await get(factory_app, "/health/live")
+    probe = await get(client, "/health/live")
     assert probe.status == 200
     assert "content-security-policy" not in probe.headers
     assert probe.headers["x-frame-options"] == "DENY"
-    refused = await get(factory_app, "/health/live", Origin=EVIL)
+    refused = await get(client, "/health/live", Origin=EVIL)
     assert refused.status == 403
     assert refused.json == {"error": CORS_FORBIDDEN_MESSAGE, "code": "cors_forbidden"}
-    preflight = await get(factory_app, "/api/conversations", method="options",
+    preflight = await get(client, "/api/conversations", method="options",
                           Origin="http://localhost:3000",
                           **{"Access-Control-Request-Method": "POST"})
     assert preflight.status == 204
