@@ -17,6 +17,7 @@ from app.cache import setup_redis
 from app.config import ConfigError, Settings, load_settings
 from app.db import setup_database
 from app.errors import setup_error_handlers
+from app.ops.fast_headers import setup_fast_headers
 from app.ops.health import setup_health
 from app.ops.logging import setup_logging
 from app.ops.metrics import setup_metrics
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
 
     # Order matters: logging first (request ids), security before rate limiting (CORS
     # preflights are answered without spending a request), metrics around everything.
+    setup_fast_headers(app, settings)
     setup_logging(app, settings)
     setup_error_handlers(app)
     setup_database(app, settings)
