@@ -36,6 +36,10 @@ def ansible(playbook: str, *extra: str, timeout: int = 1200) -> subprocess.Compl
         env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def output(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stdout + result.stderr
+
+
 def build(name: str, patch) -> str:
     """An artifact from a copy of the project's app sources, changed by patch(src)."""
     src = EPHEMERAL / "sources" / name
@@ -126,7 +130,7 @@ def test_v2_with_a_migration_goes_live(host, v1):
 def test_rollback_downgrades_with_v2_code_then_switches_to_v1(host, v1):
     result = ansible("rollback.yml")
     assert result.returncode == 0, result.stdout[-3000:]
-    assert re.search(r"Database: downgrade to " + re.escape(v1["migration_head"]), result.stdout)
+    assert re.search(r"Database: downgrade to " + re.escape(v1["migration_head"]), output(result))
     live = state(host)
     assert live["release"] == v1["release"]
     assert host.file(f"{APP_ROOT}/current").linked_to.endswith(v1["release"])
@@ -145,7 +149,7 @@ def test_a_release_that_never_becomes_ready_never_goes_live(host):
     artifact = build("v3", never_ready)
     result = ansible("deploy.yml", "-e", f"app_artifact={artifact}")
     assert result.returncode != 0
-    assert "Nothing was switched: the live release kept serving" in result.stdout
+    assert "Nothing was switched: the live release kept serving" in output(result)
     assert state(host) == before
     assert releases(host) == before_releases
     assert ready_through_nginx() == 200
@@ -159,8 +163,8 @@ def test_a_held_lock_refuses_a_deploy_at_once(host):
     try:
         result = ansible("deploy.yml", "-e", "app_force_deploy=true")
         assert result.returncode != 0
-        assert "Another deploy holds the lock" in result.stdout
-        assert "alice@ops" in result.stdout
+        assert "Another deploy holds the lock" in output(result)
+        assert "alice@ops" in output(result)
         assert state(host) == before
         # The holder's lock is left alone.
         assert host.file(f"{APP_ROOT}/deploy.lock/owner.json").exists
@@ -184,7 +188,7 @@ def test_a_bad_config_is_refused_before_anything_changes(host):
     env_before = host.file(f"{APP_ROOT}/shared/app.env").content_string
     result = ansible("deploy.yml", "-e", "app_jwt_secret=too-short")
     assert result.returncode != 0
-    assert "JWT_SECRET must be at least 32 characters long" in result.stdout
+    assert "JWT_SECRET must be at least 32 characters long" in output(result)
     assert host.file(f"{APP_ROOT}/shared/app.env").content_string == env_before
     assert state(host) == before
     assert ready_through_nginx() == 200
