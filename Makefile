@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := python3-venv python3-dev build-essential postgresql redis-server nginx wrk \
 	debootstrap systemd-container nftables iproute2 openssh-client rsync chromium chromium-driver
 
-.PHONY: help setup apt venv test lint molecule bench clean
+.PHONY: help setup apt venv test lint molecule bench deploy-local clean
 
 help:
 	@echo "make test        - install what is needed, lint-free unit/integration tests with coverage"
@@ -43,6 +43,9 @@ lint: venv
 	$(BIN)/mypy app
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --profile production --offline
+
+deploy-local:
+	scripts/local-deploy
 
 molecule: setup
 	molecule/run-all
