@@ -30,7 +30,7 @@ testinfra_hosts = ["release1"]
 
 def ansible(playbook: str, *extra: str, timeout: int = 1200) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, ANSIBLE_CONFIG=str(EPHEMERAL / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    return subprocess.run(
+    return subprocess.run(  # noqa: S603 - our own playbooks, fixed arguments
         [str(PROJECT / ".venv/bin/ansible-playbook"), "-i", os.environ["MOLECULE_INVENTORY_FILE"],
          str(PROJECT / "playbooks" / playbook), *extra],
         env=env, capture_output=True, text=True, timeout=timeout, check=False)
@@ -52,7 +52,8 @@ def build(name: str, patch) -> str:
         elif (PROJECT / item).exists():
             shutil.copy(PROJECT / item, src / item)
     patch(src)
-    result = subprocess.run([str(PROJECT / "scripts/build-artifact"), "--source", str(src),
+    result = subprocess.run([str(PROJECT / "scripts/build-artifact"),  # noqa: S603
+                             "--source", str(src),
                              "--output", str(EPHEMERAL / "artifacts")],
                             capture_output=True, text=True, check=True, timeout=600)
     return result.stdout.strip().splitlines()[-1]
@@ -65,7 +66,8 @@ def add_probe_migration(src: Path) -> None:
     (migrations / f"{PROBE_MIGRATION}.py").write_text(
         "from tortoise import BaseDBAsyncClient\n\nRUN_IN_TRANSACTION = True\n\n\n"
         "async def upgrade(db: BaseDBAsyncClient) -> str:\n"
-        f'    return """CREATE TABLE "{PROBE_TABLE}" ("id" SERIAL PRIMARY KEY, "note" TEXT);"""\n\n\n'
+        f'    return """CREATE TABLE "{PROBE_TABLE}" '
+        '("id" SERIAL PRIMARY KEY, "note" TEXT);"""\n\n\n'
         "async def downgrade(db: BaseDBAsyncClient) -> str:\n"
         f'    return """DROP TABLE IF EXISTS "{PROBE_TABLE}";"""\n\n\n' + state)
 
@@ -159,7 +161,8 @@ def test_a_release_that_never_becomes_ready_never_goes_live(host):
 def test_a_held_lock_refuses_a_deploy_at_once(host):
     before = state(host)
     host.run("mkdir %s/deploy.lock", APP_ROOT)
-    host.run("echo '{\"owner\": \"alice@ops\", \"pid\": 4242}' > %s/deploy.lock/owner.json", APP_ROOT)
+    host.run("echo '{\"owner\": \"alice@ops\", \"pid\": 4242}' > %s/deploy.lock/owner.json",
+             APP_ROOT)
     try:
         result = ansible("deploy.yml", "-e", "app_force_deploy=true")
         assert result.returncode != 0
