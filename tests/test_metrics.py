@@ -189,7 +189,7 @@ def test_snapshots_of_other_processes_are_merged(tmp_path: Path) -> None:
     assert merged.store.agents["calendar"].successes == 1
     route = merged.store.requests[("GET", "/api/conversations/<id>")]
     assert route.count == 4
-    assert route.statuses == {"200": 2, "404": 2}
+    assert route.statuses == {200: 2, 404: 2}
     assert route.duration_min == pytest.approx(0.01)
     assert route.duration_max == pytest.approx(0.03)
 

@@ -67,17 +67,7 @@ class RouteStats:
     duration_sum: float = 0.0
     duration_min: float = float("inf")
     duration_max: float = 0.0
-    statuses: dict[str, int] = field(default_factory=dict)
-
-    def add(self, status: int, duration: float) -> None:
-        self.count += 1
-        self.duration_sum += duration
-        if duration < self.duration_min:
-            self.duration_min = duration
-        if duration > self.duration_max:
-            self.duration_max = duration
-        key = str(status)
-        self.statuses[key] = self.statuses.get(key, 0) + 1
+    statuses: dict[int, int] = field(default_factory=dict)
 
     def merge(self, other: RouteStats) -> None:
         self.count += other.count
@@ -90,7 +80,8 @@ class RouteStats:
     def to_json(self) -> dict[str, Any]:
         return {"count": self.count, "sum": self.duration_sum,
                 "min": self.duration_min if self.count else None,
-                "max": self.duration_max, "statuses": self.statuses}
+                "max": self.duration_max,
+                "statuses": {str(status): n for status, n in self.statuses.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RouteStats:
@@ -98,7 +89,7 @@ class RouteStats:
         return cls(count=int(data["count"]), duration_sum=float(data["sum"]),
                    duration_min=float("inf") if minimum is None else float(minimum),
                    duration_max=float(data["max"]),
-                   statuses={str(k): int(v) for k, v in data["statuses"].items()})
+                   statuses={int(k): int(v) for k, v in data["statuses"].items()})
 
 
 @dataclass
@@ -138,11 +129,18 @@ class MetricsStore:
     version: int = 0
 
     def record_request(self, method: str, route: str, status: int, duration: float) -> None:
-        key = (method, route)
-        stats = self.requests.get(key)
+        # On every request's path: one dict lookup and plain attribute updates, inlined.
+        stats = self.requests.get((method, route))
         if stats is None:
-            stats = self.requests[key] = RouteStats()
-        stats.add(status, duration)
+            stats = self.requests[(method, route)] = RouteStats()
+        stats.count += 1
+        stats.duration_sum += duration
+        if duration < stats.duration_min:
+            stats.duration_min = duration
+        if duration > stats.duration_max:
+            stats.duration_max = duration
+        statuses = stats.statuses
+        statuses[status] = statuses.get(status, 0) + 1
         self.version += 1
 
     def record_agent(self, agent: str, success: bool, duration: float) -> None:
@@ -322,7 +320,7 @@ def render_prometheus(data: AggregatedMetrics, version: str) -> str:
     for (method, route), stats in routes:
         for status, n in sorted(stats.statuses.items()):
             lines.append("assistantapp_http_requests_total"
-                         f"{_labels(method=method, route=route, status=status)} {n}")
+                         f"{_labels(method=method, route=route, status=str(status))} {n}")
     family("assistantapp_http_request_duration_seconds", "summary",
            "Time from the first request middleware to the last response middleware.")
     for (method, route), stats in routes:
@@ -386,7 +384,7 @@ def render_json(data: AggregatedMetrics) -> dict[str, Any]:
                       "totalDurationMs": round(s.duration_sum * 1000, 3),
                       "minDurationMs": round(s.duration_min * 1000, 3) if s.count else None,
                       "maxDurationMs": round(s.duration_max * 1000, 3),
-                      "statusCodes": dict(sorted(s.statuses.items()))}
+                      "statusCodes": {str(k): n for k, n in sorted(s.statuses.items())}}
                      for (m, r), s in sorted(store.requests.items())],
         "agents": agents_json(store.agents),
         "events": {**{name: 0 for name in KNOWN_EVENTS}, **store.events},
@@ -462,14 +460,16 @@ def setup_metrics(app: Sanic, settings: Settings) -> None:
     async def start_timer(request: Request) -> None:
         request.ctx.metrics_start = perf_counter()
 
+    record_request = app.ctx.metrics.record_request
+
     async def record_response(request: Request, response: BaseHTTPResponse) -> None:
         start = getattr(request.ctx, "metrics_start", None)
         if start is None:  # rejected before any middleware ran (e.g. body too large)
             return
         route = request.route
-        app.ctx.metrics.record_request(
-            request.method, f"/{route.path}" if route is not None else UNMATCHED_ROUTE,
-            response.status, perf_counter() - start)
+        record_request(request.method,
+                       f"/{route.path}" if route is not None else UNMATCHED_ROUTE,
+                       response.status, perf_counter() - start)
 
     app.register_middleware(start_timer, "request", priority=_AROUND_EVERYTHING)
     app.register_middleware(record_response, "response", priority=_AROUND_EVERYTHING)
