@@ -9,7 +9,11 @@ from sanic import Request, Sanic
 from sanic.response import HTTPResponse, text
 from sanic.response.types import HEADER_TRANSLATION_TABLE, BaseHTTPResponse
 
-from app.ops.fast_headers import install_fast_header_encoding, sanitize_header_value
+from app.ops.fast_headers import (
+    install_fast_header_encoding,
+    register_constant_headers,
+    sanitize_header_value,
+)
 
 Sanic.test_mode = True
 _names = (f"fast_headers_{i}" for i in itertools.count())
@@ -41,3 +45,31 @@ def test_installed_and_response_splitting_still_impossible() -> None:
     assert response.headers["x-echo"] == "aSet-Cookie: stolen=1"
     assert "set-cookie" not in response.headers
     assert response.headers["x-plain"] == "strict-origin-when-cross-origin"
+
+
+def _sanics_encoding(response: BaseHTTPResponse) -> list[tuple[bytes, bytes]]:
+    # Sanic's own BaseHTTPResponse.processed_headers, written out.
+    return [(name.translate(HEADER_TRANSLATION_TABLE).encode("ascii"),
+             f"{value}".translate(HEADER_TRANSLATION_TABLE).encode(errors="surrogateescape"))
+            for name, value in response.headers.items()]
+
+
+def test_constant_headers_are_encoded_once_with_the_same_bytes() -> None:
+    assert install_fast_header_encoding() is True
+    register_constant_headers([("X-Const", "same-origin"), ("X-Evil", "a\r\nb")])
+    response = HTTPResponse("x", headers={"X-Const": "same-origin", "X-Evil": "a\r\nb",
+                                          "X-Other": "caf\u00e9\n", "content-length": 1},
+                            content_type="text/plain; charset=utf-8")
+    encoded = list(response.processed_headers)
+    assert (b"X-Const", b"same-origin") in encoded
+    assert (b"X-Evil", b"ab") in encoded  # registered pairs are sanitized too
+    assert (b"X-Other", "caf\u00e9".encode()) in encoded
+    assert (b"content-length", b"1") in encoded
+    assert encoded == _sanics_encoding(response)
+    assert (b"content-type", b"text/plain; charset=utf-8") in encoded
+
+
+def test_no_content_type_added_without_a_body() -> None:
+    install_fast_header_encoding()
+    response = HTTPResponse(status=204)
+    assert [name for name, _ in response.processed_headers] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from sanic import Sanic
 
 from app.config import Settings
-from app.ops.logging import REDACTED, configure_logging
+from app.ops.logging import REDACTED, configure_logging, new_request_id
 from tests.ops_app import drop_app, make_ops_app, ops_settings
 from tests.servers import RedisServer
 
@@ -227,3 +228,21 @@ async def test_probes_are_logged_at_debug(redis_server: RedisServer,
         assert [(e["path"], e["level"]) for e in access] == [("/health/live", "debug")]
     finally:
         drop_app(app)
+
+
+def test_request_ids_are_unique_32_hex_and_differ_after_fork() -> None:
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: a new worker process must draw its own prefix
+        os.write(write_end, new_request_id().encode())
+        os._exit(0)
+    os.close(write_end)
+    child_id = os.read(read_end, 64).decode()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert len(child_id) == 32
+    assert child_id[:16] != ids[0][:16]
+    assert child_id not in ids

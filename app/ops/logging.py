@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import itertools
 import json
 import logging
 import logging.handlers
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -222,45 +223,79 @@ def _safe_client_ip(request: Request) -> str | None:
         return None
 
 
+class RequestIdSource:
+    """Request ids: a random 64-bit prefix per process plus a 64-bit counter (32 hex chars).
+
+    Unique across workers and hosts (each process draws its own prefix, again after a fork)
+    at a fraction of uuid4's cost (one os.urandom syscall per process instead of one per
+    request; uuid4 cost ~10 us per request on a loaded host). Ids need not be unguessable:
+    they correlate log lines, they authorize nothing.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(1)
+
+    def next_id(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+_request_ids = RequestIdSource()
+new_request_id = _request_ids.next_id
+
+
 def request_id_from(header_value: str | None) -> str:
     if header_value and _SANE_REQUEST_ID.match(header_value):
         return header_value
-    return uuid.uuid4().hex
+    return new_request_id()
 
 
 def setup_logging(app: Sanic, settings: Settings) -> None:
     configure_logging(settings)
     # Our access line (with request id, client IP and duration) replaces Sanic's.
     app.config.ACCESS_LOG = False
+    perf_counter = time.perf_counter
+    is_enabled_for = access_log.isEnabledFor
+    set_request_id = request_id_var.set
 
-    async def assign_request_id(request: Request) -> None:
-        request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
-        request.ctx.request_id = request_id
-        request.ctx.started_at = time.perf_counter()
-        request_id_var.set(request_id)
+    # Plain (not async) middleware: Sanic awaits only what is awaitable, so this saves a
+    # coroutine per request and middleware on every response.
+    def assign_request_id(request: Request) -> None:
+        header_value = request.headers.get(REQUEST_ID_HEADER)
+        request_id = (header_value if header_value and _SANE_REQUEST_ID.match(header_value)
+                      else new_request_id())
+        ctx = request.ctx
+        ctx.request_id = request_id
+        ctx.started_at = perf_counter()
+        set_request_id(request_id)
 
-    async def log_and_tag_response(request: Request, response: BaseHTTPResponse) -> None:
-        request_id = getattr(request.ctx, "request_id", None)
+    def log_and_tag_response(request: Request, response: BaseHTTPResponse) -> None:
+        ctx = request.ctx
+        request_id = getattr(ctx, "request_id", None)
         if request_id is None:  # request middleware did not run (e.g. a malformed request)
-            request_id = request_id_from(None)
-            request.ctx.request_id = request_id
+            request_id = ctx.request_id = new_request_id()
         response.headers[REQUEST_ID_HEADER] = request_id
-        started = getattr(request.ctx, "started_at", None)
-        duration_ms = (round((time.perf_counter() - started) * 1000, 3)
-                       if started is not None else None)
         status = response.status
+        path = request.path
         if status >= 500:
             level = logging.ERROR
-        elif status < 400 and request.path in QUIET_PATHS:
+        elif status < 400 and path in QUIET_PATHS:
             level = logging.DEBUG
         else:
             level = logging.INFO
-        if not access_log.isEnabledFor(level):
+        if not is_enabled_for(level):
             return
-        access_log.log(level, "%s %s %s", request.method, request.path, status, extra={
+        started = getattr(ctx, "started_at", None)
+        duration_ms = (round((perf_counter() - started) * 1000, 3)
+                       if started is not None else None)
+        access_log.log(level, "%s %s %s", request.method, path, status, extra={
             "request_id": request_id,
             "method": request.method,
-            "path": request.path,
+            "path": path,
             "status": status,
             "duration_ms": duration_ms,
             "client_ip": _safe_client_ip(request),

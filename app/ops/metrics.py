@@ -457,12 +457,13 @@ def setup_metrics(app: Sanic, settings: Settings) -> None:
     networks = [ipaddress.ip_network(net, strict=False) for net in settings.metrics_allowed_cidrs]
     perf_counter = time.perf_counter
 
-    async def start_timer(request: Request) -> None:
+    # Plain (not async) middleware: Sanic awaits only awaitables, so no coroutine per call.
+    def start_timer(request: Request) -> None:
         request.ctx.metrics_start = perf_counter()
 
     record_request = app.ctx.metrics.record_request
 
-    async def record_response(request: Request, response: BaseHTTPResponse) -> None:
+    def record_response(request: Request, response: BaseHTTPResponse) -> None:
         start = getattr(request.ctx, "metrics_start", None)
         if start is None:  # rejected before any middleware ran (e.g. body too large)
             return

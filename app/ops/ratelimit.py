@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import math
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,9 +152,7 @@ class RateLimiter:
 def setup_rate_limit(app: Sanic, settings: Settings) -> None:
     limiter = RateLimiter(app, settings)
 
-    async def enforce_rate_limit(request: Request) -> HTTPResponse | None:
-        if request.path in EXEMPT_PATHS:
-            return None
+    async def count_request(request: Request) -> HTTPResponse | None:
         decision = await limiter.hit(limit_key(client_ip(request)))
         if decision is None:
             return None
@@ -165,7 +164,14 @@ def setup_rate_limit(app: Sanic, settings: Settings) -> None:
         return json({"error": TOO_MANY_MESSAGE, "code": "rate_limited",
                      "retryAfter": decision.reset_s}, status=429, headers=headers)
 
-    async def add_rate_limit_headers(request: Request, response: BaseHTTPResponse) -> None:
+    # Plain functions: Sanic awaits a middleware's result only when it is awaitable, so
+    # exempt requests (probes, scrapes) and responses without a decision cost no coroutine.
+    def enforce_rate_limit(request: Request) -> Coroutine[Any, Any, HTTPResponse | None] | None:
+        if request.path in EXEMPT_PATHS:
+            return None
+        return count_request(request)
+
+    def add_rate_limit_headers(request: Request, response: BaseHTTPResponse) -> None:
         decision: Decision | None = getattr(request.ctx, "ratelimit", None)
         if decision is not None:
             for name, value in rate_limit_headers(decision, limiter.window_s).items():

@@ -69,7 +69,8 @@ def setup_web(app: Sanic, settings: Settings) -> None:
 
     app.static("/static", STATIC_DIR, name="web_static", use_modified_since=True)
 
+    # Plain (not async) middleware: it runs on every response and never awaits.
     @app.on_response
-    async def revalidate_static(request: Request, response: HTTPResponse) -> None:
+    def revalidate_static(request: Request, response: HTTPResponse) -> None:
         if request.path.startswith("/static/") and response.status == 200:
             response.headers["Cache-Control"] = "no-cache"
