@@ -36,7 +36,7 @@ $(BIN)/activate: requirements.lock requirements-dev.lock pyproject.toml
 venv: $(BIN)/activate
 
 test: setup
-	$(BIN)/pytest --cov=app --cov-report=term --cov-fail-under=80 -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadscope --cov=app --cov-report=term --cov-fail-under=80 -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check app tests bench testhosts
