@@ -259,3 +259,29 @@ async def test_logout_revocation(app_settings: Any, make_user: Any, db_session: 
         with pytest.raises(TokenRevokedError):
             await rotate_refresh_token(a2_next["refreshToken"], app_settings)
         assert await rotate_refresh_token(b1["refreshToken"], app_settings)
+
+
+@pytest.mark.parametrize("segment", [
+    b"", b"eyJhbGciOiJIUzI1NiJ9", b"eyJhbGciOiJIUzI1NiJ9==", b"YQ", b"YQ==", b"YQ=", b"YQ===",
+    b"YWI", b"YWI=", b"Y", b"YR", b"!!!!", b"YQ!=", b"a+b/", b"ab\n", b"ab cd", b"YWJj",
+    b"YWJj=", b"YWJ=", "\u00e9t\u00e9".encode(),
+])
+def test_segment_check_matches_pyjwt(segment: bytes) -> None:
+    from jwt.api_jws import PyJWS
+
+    def outcome(check: Any) -> Any:
+        try:
+            return check(segment, "payload")
+        except jwt.DecodeError as exc:
+            return str(exc)
+
+    assert (outcome(tokens._SegmentCheckingJWS._decode_base64url_segment)
+            == outcome(PyJWS._decode_base64url_segment))
+
+
+def test_token_with_junk_in_a_segment_is_invalid(settings: Settings) -> None:
+    header, payload, signature = create_access_token(1, settings).split(".")
+    for token in (f"{header}.{payload}!.{signature}", f"{header}.{payload}.{signature}===",
+                  f"{header}.{payload}.{signature[:-1]}"):
+        with pytest.raises(InvalidTokenError):
+            decode_token(token, settings, tokens.ACCESS)

@@ -9,13 +9,20 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import hashlib
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
+from jwt.api_jws import PyJWS
+from jwt.exceptions import DecodeError
+from jwt.utils import base64url_decode, base64url_encode
 
 from app.config import Settings
 from app.db.models import RefreshToken, User
@@ -57,6 +64,45 @@ class TokenRevokedError(TokenError):
     message = "Refresh token has been revoked"
 
 
+_BASE64URL_SEGMENT = re.compile(rb"[A-Za-z0-9_-]*")
+
+
+class _SegmentCheckingJWS(PyJWS):
+    """pyjwt's JWS with its base64url check done by one regex instead of a Python generator
+    over every byte (that generator was ~40 % of a token check). Same rules, same errors:
+    at most two '=' of padding and only on a segment of full 4-character blocks, nothing
+    outside the base64url alphabet, canonical encoding only."""
+
+    @staticmethod
+    def _decode_base64url_segment(segment: bytes, name: str) -> bytes:
+        stripped = segment.rstrip(b"=")
+        padding = len(segment) - len(stripped)
+        if padding > 2:
+            raise DecodeError(f"Invalid {name} padding")
+        if padding and len(segment) % 4 != 0:
+            raise DecodeError(f"Invalid {name} padding")
+        if len(stripped) % 4 == 1 or not _BASE64URL_SEGMENT.fullmatch(stripped):
+            raise DecodeError(f"Invalid {name} padding")
+        try:
+            decoded = base64url_decode(stripped)
+        except (TypeError, binascii.Error) as err:
+            raise DecodeError(f"Invalid {name} padding") from err
+        if base64url_encode(decoded) != stripped:
+            raise DecodeError(f"Invalid {name} padding")
+        return decoded
+
+
+_decoder = jwt.PyJWT()
+_decoder._jws = _SegmentCheckingJWS(options=_decoder._get_sig_options())
+
+
+@functools.lru_cache(maxsize=4)
+def _verification_key(secret: str) -> jwt.PyJWK:
+    """The HMAC key prepared once per secret (pyjwt otherwise re-validates it per decode)."""
+    k = base64.urlsafe_b64encode(secret.encode("utf-8")).rstrip(b"=").decode("ascii")
+    return jwt.PyJWK({"kty": "oct", "k": k, "alg": ALGORITHM})
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -86,8 +132,9 @@ def decode_token(token: str, settings: Settings, expected_type: str,
     The algorithm list is pinned, so "alg": "none" or RS/HS confusion cannot pass.
     """
     try:
-        claims: dict[str, Any] = jwt.decode(
-            token, settings.jwt_secret, algorithms=[ALGORITHM], audience=AUDIENCE,
+        claims: dict[str, Any] = _decoder.decode(
+            token, _verification_key(settings.jwt_secret), algorithms=[ALGORITHM],
+            audience=AUDIENCE,
             issuer=ISSUER, options={"require": _REQUIRED_CLAIMS, "verify_exp": verify_exp})
     except jwt.ExpiredSignatureError:
         raise TokenExpiredError from None
