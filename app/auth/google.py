@@ -22,7 +22,6 @@ import html
 import json
 import logging
 import secrets
-import ssl
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +52,7 @@ from app.auth.google_tokens import (
 )
 from app.config import Settings
 from app.errors import json_error
+from app.http import httpx2_tls_context, httpx_tls_context
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,6 @@ class OIDCProvider:
         # Two locks: fetching the JWKS needs the metadata, and asyncio locks do not nest.
         self._metadata_lock = asyncio.Lock()
         self._jwks_lock = asyncio.Lock()
-        self._ssl_context: ssl.SSLContext | None = None
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         try:
@@ -213,10 +212,8 @@ class OIDCProvider:
 
     def oauth_client(self) -> AsyncOAuth2Client:
         # A client per exchange: authlib keeps the last token on the client object, which
-        # must never be shared between users. The TLS context is shared: loading the CA
-        # bundle for every client would add tens of milliseconds to each sign-in.
-        if self._ssl_context is None:
-            self._ssl_context = httpx2.create_ssl_context()
+        # must never be shared between users. The TLS context is shared (app/http.py): loading
+        # the CA bundle for every client would add tens of milliseconds to each sign-in.
         return AsyncOAuth2Client(
             client_id=self.settings.google_client_id,
             client_secret=self.settings.google_client_secret,
@@ -224,7 +221,7 @@ class OIDCProvider:
             scope=" ".join(GOOGLE_SCOPES),
             code_challenge_method="S256",
             timeout=HTTP_TIMEOUT_SECONDS,
-            verify=self._ssl_context,
+            verify=httpx2_tls_context(),
         )
 
     async def authorization_url(self, state: str, nonce: str, code_verifier: str) -> str:
@@ -574,7 +571,8 @@ def setup_google_auth(app: Sanic, settings: Settings) -> None:
 
     @app.before_server_start
     async def start_oidc_client(app: Sanic) -> None:
-        http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False)
+        http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False,
+                                 verify=httpx_tls_context())
         app.ctx.google_http = http
         app.ctx.google_oidc = OIDCProvider(settings, http)
 
