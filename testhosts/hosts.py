@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -108,6 +109,64 @@ def ensure_ssh_key() -> Path:
     return key
 
 
+# ---------------------------------------------------------------- shared apt download cache
+
+ARCHIVES_IN_HOST = Path("var/cache/apt/archives")
+
+
+def _complete_debs(directory: Path) -> list[Path]:
+    """Regular *.deb files directly in directory (apt moves a download there only once
+    it is complete and verified; partial/ and symlinks are never taken)."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        if path.suffix != ".deb":
+            continue
+        info = path.lstat()
+        if stat.S_ISREG(info.st_mode) and info.st_size > 0:
+            found.append(path)
+    return found
+
+
+def _link_or_copy(source: Path, target: Path) -> bool:
+    """Hard-link source to target (atomic; a copy + rename across filesystems).
+    False if target already exists. Nobody rewrites a .deb in place (apt downloads
+    into partial/ and renames), so sharing the inode between hosts is safe."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    except OSError:
+        if target.exists():
+            return False
+        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    return True
+
+
+def seed_apt_archives(spec: HostSpec, root: Path) -> int:
+    """Put every cached .deb of the host's distro into its /var/cache/apt/archives, so apt
+    finds them there (checked against the index hashes) instead of downloading them."""
+    archives = root / ARCHIVES_IN_HOST
+    archives.mkdir(parents=True, exist_ok=True)
+    cached = _complete_debs(settings.apt_archives_dir(spec.distro))
+    return sum(_link_or_copy(deb, archives / deb.name) for deb in cached)
+
+
+def harvest_apt_archives(spec: HostSpec, root: Path) -> int:
+    """Add the .debs the host downloaded to the shared cache (before it is deleted).
+    Each host keeps its own archives dir: sharing one live dir between hosts would make
+    concurrent apt runs fail on its lock ("Unable to lock the download directory")."""
+    cache = settings.apt_archives_dir(spec.distro)
+    debs = _complete_debs(root / ARCHIVES_IN_HOST)
+    if not debs:
+        return 0
+    cache.mkdir(parents=True, exist_ok=True)
+    return sum(_link_or_copy(deb, cache / deb.name) for deb in debs)
+
+
 # ---------------------------------------------------------------- create / destroy
 
 
@@ -151,14 +210,22 @@ def create(spec: HostSpec) -> None:
     authorized.write_text(key.with_suffix(".pub").read_text())
     authorized.chmod(0o600)
     (root / "etc/systemd/network/10-testhosts-host0.network").write_text(_network_file(spec))
+    (root / "etc/apt/apt.conf.d/00testhosts-keep-debs").write_text(settings.HOST_APT_CONF)
+    (root / "etc/dpkg/dpkg.cfg.d/00testhosts-unsafe-io").write_text(settings.HOST_DPKG_CFG)
+    seeded = seed_apt_archives(spec, root)
     # Written last: a host.json means the copy is complete.
     _spec_file(spec.name).write_text(json.dumps(asdict(spec)))
-    log(f"created {spec.name} ({spec.distro}, {spec.address})")
+    log(f"created {spec.name} ({spec.distro}, {spec.address}, {seeded} cached .debs)")
 
 
 def destroy(name: str) -> None:
     if host_dir(name).exists():
         stop(name)
+        if _spec_file(name).is_file():
+            spec = load_spec(name)
+            harvested = harvest_apt_archives(spec, host_dir(name) / "rootfs")
+            if harvested:
+                log(f"{name}: {harvested} new .debs into {settings.apt_archives_dir(spec.distro)}")
         shutil.rmtree(host_dir(name))
         log(f"destroyed {name}")
 

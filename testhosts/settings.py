@@ -44,8 +44,26 @@ STOP_TIMEOUT_S = 20.0
 NSPAWN_REBOOT_EXIT = 133
 
 
+# Extra apt/dpkg settings written into every host copy (not the cached rootfs, so
+# existing caches stay valid). Downloaded .debs are kept so `destroy` can harvest
+# them into the shared cache (apt-get keeps them by default, the `apt` binary
+# does not); dpkg skips fsync - a throwaway host never needs crash safety, and
+# fsync per unpacked file is what makes package installs slow on a loaded disk.
+HOST_APT_CONF = (
+    "// Written by testhosts: keep .debs for the shared download cache.\n"
+    'APT::Keep-Downloaded-Packages "true";\n'
+    'Binary::apt::APT::Keep-Downloaded-Packages "true";\n'
+)
+HOST_DPKG_CFG = "# Written by testhosts: throwaway host, no fsync per file.\nforce-unsafe-io\n"
+
+
 def hosts_dir() -> Path:
     return STATE_DIR / "hosts"
+
+
+def apt_archives_dir(distro: str) -> Path:
+    """Shared .deb download cache for one distribution (filled by `destroy`)."""
+    return CACHE_DIR / "apt-archives" / distro
 
 
 def ssh_key_path() -> Path:
