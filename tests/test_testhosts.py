@@ -6,6 +6,9 @@ The real boot path (debootstrap, nspawn, bridge) is exercised by every Molecule 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,11 +110,131 @@ def test_supervisor_restarts_nspawn_after_a_reboot_and_stops_on_poweroff(
 def test_stop_never_signals_a_process_that_is_not_our_supervisor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import os
-
     monkeypatch.setattr(settings, "STATE_DIR", tmp_path)
     hosts.host_dir("web-1").mkdir(parents=True)
     # A stale pid file pointing at an unrelated live process (this test runner).
     (hosts.host_dir("web-1") / "supervisor.pid").write_text(f"{os.getpid()}\n")
     assert hosts.supervisor_pid("web-1") is None
     hosts.stop("web-1")  # must not kill us
+
+
+def _deb(path: Path, content: bytes = b"!<arch>\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def test_apt_cache_takes_only_complete_debs_and_seeds_new_hosts_by_hard_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "CACHE_DIR", tmp_path / "cache")
+    spec = hosts.HostSpec("web-1", "10.213.0.42")
+    archives = tmp_path / "old-host" / hosts.ARCHIVES_IN_HOST
+    good = _deb(archives / "hello_2.10-3_amd64.deb")
+    _deb(archives / "partial" / "less_590-2_amd64.deb")  # still downloading
+    _deb(archives / "empty_1_amd64.deb", b"")
+    (archives / "link_1_amd64.deb").symlink_to("/etc/passwd")  # never followed
+    _deb(archives / "lock", b"")
+
+    assert hosts.harvest_apt_archives(spec, tmp_path / "old-host") == 1
+    cache = settings.apt_archives_dir("bookworm")
+    assert sorted(p.name for p in cache.iterdir()) == ["hello_2.10-3_amd64.deb"]
+    # Harvesting again (another host with the same file) adds nothing.
+    assert hosts.harvest_apt_archives(spec, tmp_path / "old-host") == 0
+
+    new_root = tmp_path / "new-host"
+    assert hosts.seed_apt_archives(spec, new_root) == 1
+    seeded = new_root / hosts.ARCHIVES_IN_HOST / good.name
+    assert seeded.read_bytes() == good.read_bytes()
+    assert seeded.stat().st_ino == (cache / good.name).stat().st_ino  # a link, not a copy
+    # A trixie host gets nothing from the bookworm cache.
+    trixie = hosts.HostSpec("web-2", "10.213.0.43", "trixie")
+    assert hosts.seed_apt_archives(trixie, tmp_path / "trixie-host") == 0
+
+
+def test_hosts_keep_downloaded_debs_for_the_cache() -> None:
+    assert 'APT::Keep-Downloaded-Packages "true";' in settings.HOST_APT_CONF
+    # The `apt` binary deletes them by default unless told per binary.
+    assert 'Binary::apt::APT::Keep-Downloaded-Packages "true";' in settings.HOST_APT_CONF
+
+
+RUN_ALL = settings.PROJECT_ROOT / "molecule" / "run-all"
+
+
+def _run_all_sandbox(tmp_path: Path, durations: dict[str, float]) -> Path:
+    """A project copy with run-all, fake scenarios, a fake molecule and a fake hostctl."""
+    (tmp_path / "molecule").mkdir()
+    (tmp_path / "molecule" / "run-all").write_text(RUN_ALL.read_text())
+    (tmp_path / "molecule" / "run-all").chmod(0o755)
+    for scenario in durations:
+        (tmp_path / "molecule" / scenario).mkdir()
+        (tmp_path / "molecule" / scenario / "molecule.yml").write_text(
+            f"platforms:\n  - name: fake-{scenario}\n"
+        )
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(sys.executable)
+    cases = "".join(
+        f"  {name}) sleep {seconds}; {'exit 3' if name.startswith('bad') else 'true'};;\n"
+        for name, seconds in durations.items()
+    )
+    fake_molecule = bin_dir / "molecule"
+    fake_molecule.write_text(
+        f'#!/bin/bash\necho "start $3 $EPOCHREALTIME" >> {tmp_path}/events\n'
+        f'case $3 in\n{cases}esac\nstatus=$?\necho "end $3" >> {tmp_path}/events\nexit $status\n'
+    )
+    fake_molecule.chmod(0o755)
+    (tmp_path / "testhosts").mkdir()
+    hostctl = tmp_path / "testhosts" / "hostctl"
+    hostctl.write_text(
+        f'#!/bin/bash\necho "hostctl $*" >> {tmp_path}/events\n'
+        "[[ $1 == status ]] && echo '{\"hosts\": []}'\nexit 0\n"
+    )
+    hostctl.chmod(0o755)
+    return tmp_path
+
+
+def _run(sandbox: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean_env = {k: v for k, v in os.environ.items() if k not in ("CI", "MOLECULE_JOBS")}
+    return subprocess.run(
+        [str(sandbox / "molecule" / "run-all"), *args],
+        capture_output=True,
+        text=True,
+        env={**clean_env, "MOLECULE_RUN_DIR": str(sandbox / "run"), **env},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_run_all_runs_scenarios_side_by_side_and_ends_with_the_summary(tmp_path: Path) -> None:
+    sandbox = _run_all_sandbox(tmp_path, {"slow": 2, "bad": 0.2, "quick": 0.5})
+    result = _run(sandbox, "-j", "2", "slow", "bad", "quick")
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "2 passed, 1 failed"
+    assert any(line.startswith("FAIL  bad  ") and "exit 3" in line for line in lines)
+    assert any(line.startswith("PASS  slow  ") for line in lines)
+    events = (sandbox / "events").read_text().splitlines()
+    # quick started while slow was still running (two at a time), before the cleanup.
+    start_quick = next(i for i, line in enumerate(events) if line.startswith("start quick "))
+    assert start_quick < events.index("end slow")
+    assert events[-3:] == [
+        "hostctl destroy fake-slow fake-bad fake-quick",
+        "hostctl status --json",
+        "hostctl net-down",
+    ]
+    assert (sandbox / "run" / "bad.log").is_file()
+    assert (sandbox / "run" / "durations").read_text().count("\n") == 3
+
+
+def test_run_all_one_at_a_time_by_default_and_two_with_ci(tmp_path: Path) -> None:
+    sandbox = _run_all_sandbox(tmp_path, {"one": 0.3, "two": 0.3})
+    sequential = _run(sandbox)
+    assert sequential.stdout.strip().splitlines()[-1] == "2 passed, 0 failed"
+    assert "1 at a time" in sequential.stdout
+    in_ci = _run(sandbox, CI="1")
+    assert "2 at a time" in in_ci.stdout
+    assert "hostctl down --force" in (sandbox / "events").read_text()
+    rejected = _run(sandbox, MOLECULE_JOBS="zero")
+    assert rejected.returncode == 2
+    assert "jobs must be a positive number" in rejected.stderr
