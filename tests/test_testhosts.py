@@ -227,14 +227,16 @@ def test_run_all_runs_scenarios_side_by_side_and_ends_with_the_summary(tmp_path:
     assert (sandbox / "run" / "durations").read_text().count("\n") == 3
 
 
-def test_run_all_one_at_a_time_by_default_and_two_with_ci(tmp_path: Path) -> None:
-    sandbox = _run_all_sandbox(tmp_path, {"one": 0.3, "two": 0.3})
-    sequential = _run(sandbox)
-    assert sequential.stdout.strip().splitlines()[-1] == "2 passed, 0 failed"
-    assert "1 at a time" in sequential.stdout
-    in_ci = _run(sandbox, CI="1")
-    assert "2 at a time" in in_ci.stdout
+def test_run_all_two_at_a_time_by_default_one_on_request(tmp_path: Path) -> None:
+    sandbox = _run_all_sandbox(tmp_path, {"one": 0.3, "two": 0.3, "three": 0.3})
+    default = _run(sandbox, CI="1")
+    assert default.stdout.strip().splitlines()[-1] == "3 passed, 0 failed"
+    assert "2 at a time" in default.stdout
     assert "hostctl down --force" in (sandbox / "events").read_text()
+    sequential = _run(sandbox, MOLECULE_JOBS="1")
+    assert "1 at a time" in sequential.stdout
+    # Never more slots than scenarios (a lone scenario's log is shown live).
+    assert "1 at a time" in _run(sandbox, "-j", "4", "one").stdout
     rejected = _run(sandbox, MOLECULE_JOBS="zero")
     assert rejected.returncode == 2
     assert "jobs must be a positive number" in rejected.stderr
