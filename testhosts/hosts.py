@@ -180,9 +180,20 @@ def _network_file(spec: HostSpec) -> str:
     )
 
 
+def _host_lock(name: str) -> Path:
+    # Outside the host's dir, which destroy deletes.
+    return settings.hosts_dir() / f".{name}.lock"
+
+
 def create(spec: HostSpec) -> None:
     """Copy the cached rootfs and give the copy its own identity. No-op if it exists."""
     spec.validate()
+    # Two runs creating the same host: the second waits, then finds it complete.
+    with locked(_host_lock(spec.name)):
+        _create_unlocked(spec)
+
+
+def _create_unlocked(spec: HostSpec) -> None:
     if _spec_file(spec.name).is_file():
         existing = load_spec(spec.name)
         if existing != spec:
@@ -219,6 +230,11 @@ def create(spec: HostSpec) -> None:
 
 
 def destroy(name: str) -> None:
+    with locked(_host_lock(name)):
+        _destroy_unlocked(name)
+
+
+def _destroy_unlocked(name: str) -> None:
     if host_dir(name).exists():
         stop(name)
         if _spec_file(name).is_file():

@@ -240,3 +240,41 @@ def test_run_all_two_at_a_time_by_default_one_on_request(tmp_path: Path) -> None
     rejected = _run(sandbox, MOLECULE_JOBS="zero")
     assert rejected.returncode == 2
     assert "jobs must be a positive number" in rejected.stderr
+
+
+def test_create_writes_apt_settings_seeds_the_cache_and_serialises_same_name_creates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(settings, "STATE_DIR", tmp_path / "state")
+    monkeypatch.setattr(settings, "CACHE_DIR", tmp_path / "cache")
+    base = tmp_path / "base"
+    for directory in (
+        "etc/apt/apt.conf.d",
+        "etc/dpkg/dpkg.cfg.d",
+        "etc/systemd/network",
+        "etc/ssh",
+        "root/.ssh",
+    ):
+        (base / directory).mkdir(parents=True)
+    monkeypatch.setattr(rootfs, "build", lambda _distro: base)
+    _deb(settings.apt_archives_dir("bookworm") / "hello_2.10-3_amd64.deb")
+    spec = hosts.HostSpec("web-1", "10.213.0.42")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = [pool.submit(hosts.create, spec) for _ in range(2)]
+    assert [r.exception() for r in results] == [None, None]
+    root = hosts.host_dir("web-1") / "rootfs"
+    assert hosts.all_names() == ["web-1"]
+    assert (root / "etc/apt/apt.conf.d/00testhosts-keep-debs").read_text() == (
+        settings.HOST_APT_CONF
+    )
+    assert "force-unsafe-io" in (root / "etc/dpkg/dpkg.cfg.d/00testhosts-unsafe-io").read_text()
+    assert (root / hosts.ARCHIVES_IN_HOST / "hello_2.10-3_amd64.deb").is_file()
+
+    # What the host downloaded goes into the cache when it is destroyed.
+    _deb(root / hosts.ARCHIVES_IN_HOST / "less_590-2_amd64.deb")
+    hosts.destroy("web-1")
+    assert not hosts.host_dir("web-1").exists()
+    assert (settings.apt_archives_dir("bookworm") / "less_590-2_amd64.deb").is_file()
