@@ -73,3 +73,13 @@ def test_no_content_type_added_without_a_body() -> None:
     install_fast_header_encoding()
     response = HTTPResponse(status=204)
     assert [name for name, _ in response.processed_headers] == []
+
+
+def test_unhashable_header_value_is_encoded_like_sanic() -> None:
+    install_fast_header_encoding()
+    response = HTTPResponse("x", headers={"X-Const": "same-origin"},
+                            content_type="text/plain; charset=utf-8")
+    response.headers["X-List"] = ["a", "b"]  # type: ignore[assignment]
+    encoded = list(response.processed_headers)
+    assert (b"X-List", b"['a', 'b']") in encoded
+    assert encoded == _sanics_encoding(response)

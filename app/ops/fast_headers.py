@@ -67,13 +67,11 @@ def processed_headers(self: BaseHTTPResponse) -> Iterator[tuple[bytes, bytes]]:
     if has_message_body(self.status):
         headers.setdefault("content-type", self.content_type)
     lookup = _ENCODED_HEADERS.get
-    encoded = []
-    for item in headers.items():
-        try:
-            pair = lookup(item)
-        except TypeError:  # an unhashable value: encode it like any other
-            pair = None
-        encoded.append(pair if pair is not None else encode_header(*item))
+    try:
+        # A found pair is a non-empty tuple (true), so `or` falls back only on a miss.
+        encoded = [lookup(item) or encode_header(*item) for item in headers.items()]
+    except TypeError:  # an unhashable value somewhere: encode every pair the plain way
+        encoded = [encode_header(*item) for item in headers.items()]
     return iter(encoded)
 
 

@@ -157,12 +157,12 @@ def setup_security(app: Sanic, settings: Settings) -> None:
     def add_security_headers(request: Request, response: BaseHTTPResponse) -> None:
         headers = response.headers
         wanted = api_headers if is_api_response(request.path, response) else page_headers
-        if any(name.lower() in page_header_names for name in headers):
+        if page_header_names.isdisjoint(map(str.lower, headers)):
+            headers.extend(wanted)
+        else:
             # A handler set some of them itself: keep its values, add only the rest.
             for name, value in wanted:
                 headers.setdefault(name, value)
-        else:
-            headers.extend(wanted)
         origin = getattr(request.ctx, "cors_origin", None)
         if origin and "access-control-allow-origin" not in headers:
             for name, value in cors_headers(origin).items():
