@@ -47,12 +47,16 @@ NSPAWN_REBOOT_EXIT = 133
 # Extra apt/dpkg settings written into every host copy (not the cached rootfs, so
 # existing caches stay valid). Downloaded .debs are kept so `destroy` can harvest
 # them into the shared cache (apt-get keeps them by default, the `apt` binary
-# does not); dpkg skips fsync - a throwaway host never needs crash safety, and
-# fsync per unpacked file is what makes package installs slow on a loaded disk.
+# does not); no Translation-* indexes (package descriptions only: several MB
+# per host per `apt-get update` that nothing reads); dpkg skips fsync - a
+# throwaway host never needs crash safety, and fsync per unpacked file is what
+# makes package installs slow on a loaded disk.
 HOST_APT_CONF = (
     "// Written by testhosts: keep .debs for the shared download cache.\n"
     'APT::Keep-Downloaded-Packages "true";\n'
     'Binary::apt::APT::Keep-Downloaded-Packages "true";\n'
+    "// Throwaway test host: no translated package descriptions.\n"
+    'Acquire::Languages "none";\n'
 )
 HOST_DPKG_CFG = "# Written by testhosts: throwaway host, no fsync per file.\nforce-unsafe-io\n"
 
