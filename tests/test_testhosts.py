@@ -237,6 +237,20 @@ def test_run_all_two_at_a_time_by_default_one_on_request(tmp_path: Path) -> None
     assert "1 at a time" in sequential.stdout
     # Never more slots than scenarios (a lone scenario's log is shown live).
     assert "1 at a time" in _run(sandbox, "-j", "4", "one").stdout
+
+
+def test_run_all_starts_the_longest_scenarios_first(tmp_path: Path) -> None:
+    sandbox = _run_all_sandbox(tmp_path, {"alpha": 0.1, "beta": 0.1, "gamma": 0.1})
+    (sandbox / "molecule" / "shared").mkdir()
+    # Shipped estimates, used until this run dir has measured wall times.
+    (sandbox / "molecule" / "shared" / "durations").write_text("beta 900\nalpha 20\n")
+    _run(sandbox, MOLECULE_JOBS="1")
+    started = [
+        e.split()[1]
+        for e in (sandbox / "events").read_text().splitlines()
+        if e.startswith("start ")
+    ]
+    assert started == ["gamma", "beta", "alpha"]  # unknown ones count as longest
     rejected = _run(sandbox, MOLECULE_JOBS="zero")
     assert rejected.returncode == 2
     assert "jobs must be a positive number" in rejected.stderr
