@@ -164,7 +164,23 @@ def harvest_apt_archives(spec: HostSpec, root: Path) -> int:
     if not debs:
         return 0
     cache.mkdir(parents=True, exist_ok=True)
-    return sum(_link_or_copy(deb, cache / deb.name) for deb in debs)
+    added = [deb.name for deb in debs if _link_or_copy(deb, cache / deb.name)]
+    _drop_superseded(cache, added)
+    return len(added)
+
+
+def _drop_superseded(cache: Path, added: list[str]) -> None:
+    """Keep the cache from growing forever: a .deb a host just had to download is the
+    mirror's current version, so other cached versions of that package/arch are old.
+    (Hosts already seeded with them hold their own links.)"""
+    for name in added:
+        parts = name.removesuffix(".deb").split("_")
+        if len(parts) != 3:
+            continue
+        package, _version, arch = parts
+        for old in cache.glob(f"{package}_*_{arch}.deb"):
+            if old.name != name and old.name.count("_") == 2:
+                old.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- create / destroy

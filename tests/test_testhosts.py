@@ -141,6 +141,18 @@ def test_apt_cache_takes_only_complete_debs_and_seeds_new_hosts_by_hard_link(
     assert sorted(p.name for p in cache.iterdir()) == ["hello_2.10-3_amd64.deb"]
     # Harvesting again (another host with the same file) adds nothing.
     assert hosts.harvest_apt_archives(spec, tmp_path / "old-host") == 0
+    # A newer version a host had to download replaces the cached one of that package/arch.
+    _deb(cache / "hello-traditional_1_amd64.deb")  # another package, same prefix
+    newer = tmp_path / "newer-host"
+    _deb(newer / hosts.ARCHIVES_IN_HOST / "hello_2.10-4_amd64.deb")
+    assert hosts.harvest_apt_archives(spec, newer) == 1
+    assert sorted(p.name for p in cache.iterdir()) == [
+        "hello-traditional_1_amd64.deb",
+        "hello_2.10-4_amd64.deb",
+    ]
+    (cache / "hello_2.10-4_amd64.deb").unlink()
+    (cache / "hello-traditional_1_amd64.deb").unlink()
+    hosts.harvest_apt_archives(spec, tmp_path / "old-host")
 
     new_root = tmp_path / "new-host"
     assert hosts.seed_apt_archives(spec, new_root) == 1
