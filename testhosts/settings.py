@@ -57,6 +57,10 @@ HOST_APT_CONF = (
     'Binary::apt::APT::Keep-Downloaded-Packages "true";\n'
     "// Throwaway test host: no translated package descriptions.\n"
     'Acquire::Languages "none";\n'
+    "// A stalled mirror connection must fail and be retried, not hang a CI run.\n"
+    'Acquire::http::Timeout "30";\n'
+    'Acquire::https::Timeout "30";\n'
+    'Acquire::Retries "3";\n'
 )
 HOST_DPKG_CFG = "# Written by testhosts: throwaway host, no fsync per file.\nforce-unsafe-io\n"
 
