@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import json
@@ -478,9 +479,14 @@ def stop(name: str) -> None:
         time.sleep(0.2)
     if supervisor_pid(name) is not None:
         log(f"{name} did not power off in {settings.STOP_TIMEOUT_S:.0f}s, killing it")
+        # The container's own init first: SIGKILL to a PID namespace's PID 1 ends every
+        # process in it, so no half-running host keeps its network link.
+        leader = leader_pid(name)
         spawn = nspawn_pid(name)
-        if spawn is not None:
-            os.kill(spawn, signal.SIGKILL)
+        for pid in (leader, spawn):
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         os.kill(supervisor, signal.SIGKILL)
         (host_dir(name) / "supervisor.pid").unlink(missing_ok=True)
         (host_dir(name) / "nspawn.pid").unlink(missing_ok=True)
