@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +18,7 @@ from sanic.response import HTTPResponse, text
 
 from app.config import Settings
 from app.ops.metrics import (
+    FLUSH_INTERVAL_S,
     MetricsStore,
     aggregate,
     record_agent_execution,
@@ -239,11 +241,13 @@ def test_counts_are_aggregated_across_two_worker_processes(
                      for status in set(health_statuses))
         return unmatched, health
 
-    # Other workers' numbers arrive with their next snapshot (every 0.5 s).
-    wait_until(lambda: totals() == (missing_requests, health_requests), timeout=10)
-    # Whichever worker answers the scrape, it reports the same totals.
-    for _ in range(6):
-        assert totals() == (missing_requests, health_requests)
+    # Other workers' numbers arrive with their next snapshot (every FLUSH_INTERVAL_S): one
+    # worker may see the total before the other does. Once both have flushed, whichever worker
+    # answers the scrape reports the same totals, scrape after scrape.
+    expected = (missing_requests, health_requests)
+    wait_until(lambda: all(totals() == expected for _ in range(6)), timeout=15)
+    time.sleep(2 * FLUSH_INTERVAL_S)
+    assert [totals() for _ in range(6)] == [expected] * 6
     body = server.get("/metrics").text
     assert sample(body, "assistantapp_workers") == 2
     assert sample(body, "assistantapp_http_request_duration_seconds_count",
