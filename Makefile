@@ -4,7 +4,7 @@ PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := python3-venv python3-dev build-essential postgresql redis-server nginx wrk \
-	debootstrap systemd-container nftables iproute2 openssh-client rsync chromium chromium-driver
+	debootstrap systemd-container nftables iproute2 openssh-client rsync curl chromium chromium-driver
 
 .PHONY: help setup apt venv test lint molecule bench deploy-local clean
 
