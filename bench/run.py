@@ -19,7 +19,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import VALID_ENV  # noqa: E402
-from tests.servers import PostgresServer, RedisServer, free_port, wait_for_port  # noqa: E402
+from tests.servers import (  # noqa: E402
+    PostgresServer,
+    RedisServer,
+    free_port,
+    stop_process_group,
+    wait_for_port,
+)
 
 SANIC = str(Path(sys.executable).with_name("sanic"))
 
@@ -136,12 +141,7 @@ class Server:
         raise TimeoutError("server did not settle")
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_process_group(self.proc)
         self.log.close()
 
 

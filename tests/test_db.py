@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from app.config import load_settings
 from app.db import APP_LABEL, MIGRATIONS_DIR, migrate, ping_database, tortoise_config
 from app.db import cli as db_cli
 from tests.conftest import VALID_ENV, replace_settings
-from tests.servers import PostgresServer, free_port
+from tests.servers import PostgresServer, free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = migrate.available_versions()
@@ -429,13 +428,7 @@ class AppProcess:
         raise AssertionError(f"app did not start:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_process_group(self.proc)
         self.log.unlink(missing_ok=True)
 
 

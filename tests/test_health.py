@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import pytest
 
 from app.ops.health import EXTERNAL_TIMEOUT_S
 from tests.conftest import VALID_ENV
-from tests.servers import PostgresServer, RedisServer, free_port
+from tests.servers import PostgresServer, RedisServer, free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 SANIC = str(Path(sys.executable).with_name("sanic"))
@@ -73,13 +72,7 @@ class AppServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_process_group(self.proc)
         self.proc = None
         self.log.unlink(missing_ok=True)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from oidc_provider_mock import run_server_in_thread
 
 from tests.conftest import VALID_ENV
 from tests.fakes.openai_server import DEFAULT_API_KEY, FakeOpenAI, Reply
-from tests.servers import RedisServer, free_port, wait_for_port
+from tests.servers import RedisServer, free_port, stop_process_group, wait_for_port
 
 pytestmark = pytest.mark.slow
 
@@ -71,13 +70,7 @@ class AppProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_process_group(self.proc)
         self.proc = None
 
 
