@@ -7,7 +7,9 @@ instead of the session-wide ones other tests share.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import os
 import socket
 import subprocess
@@ -16,14 +18,22 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
+from sanic import Sanic
+from sanic_testing.reusable import ReusableClient
 
-from app.ops.health import EXTERNAL_TIMEOUT_S
+import app.ops.health as health
+from app.cache import setup_redis
+from app.config import load_settings
+from app.ops.health import EXTERNAL_TIMEOUT_S, CachedCheck, setup_health
 from tests.conftest import VALID_ENV
 from tests.servers import PostgresServer, RedisServer, free_port, stop_process_group
 
@@ -159,6 +169,11 @@ def app_server(app_env: dict[str, str]) -> Iterator[AppServer]:
     server.stop()
 
 
+def _ready_status(server: AppServer, status: int) -> httpx.Response | None:
+    response = server.get("/health/ready")
+    return response if response.status_code == status else None
+
+
 def _externals_checked(server: AppServer) -> dict[str, Any]:
     body: dict[str, Any] = server.get("/health").json()
     external = body["externalServices"]
@@ -184,8 +199,10 @@ def test_all_up_is_healthy_with_the_seed_fields(app_server: AppServer) -> None:
     assert body["pythonVersion"] == ".".join(map(str, sys.version_info[:3]))
     assert body["memory"]["rssBytes"] > 1_000_000
     assert isinstance(body["pid"], int) and body["pid"] != os.getpid()
-    assert body["services"] == {"database": "healthy", "redis": "healthy", "auth": "healthy",
-                                "rateLimiter": "healthy"}
+    assert body["services"] == {"database": "healthy", "redis": "healthy",
+                                "sessionStore": "healthy", "auth": "healthy",
+                                "gmail": "healthy", "rateLimiter": "healthy"}
+    assert body["serviceDetails"]["gmail"]["apiBaseUrl"].startswith("http")
     assert body["database"]["status"] == "healthy"
     assert 0 <= body["database"]["latencyMs"] < 2000
     assert body["externalServices"]["google"]["status"] == "reachable"
@@ -193,8 +210,15 @@ def test_all_up_is_healthy_with_the_seed_fields(app_server: AppServer) -> None:
     assert body["externalServices"]["openai"]["httpStatus"] == 200
     assert body["agents"]["total"] == 0
     assert body["responseTime"] >= 0
-    assert app_server.get("/health/ready").json() == {"status": "ready"}
-    assert app_server.get("/health/live").status_code == 200
+    ready = app_server.get("/health/ready").json()
+    assert ready["status"] == "ready"
+    assert ready["checks"] == {"database": "healthy", "redis": "healthy",
+                               "sessionStore": "healthy", "auth": "healthy", "gmail": "healthy"}
+    assert ready["checkedAt"].endswith("Z")
+    live = app_server.get("/health/live")
+    assert live.status_code == 200
+    assert live.json()["status"] == "alive"
+    assert abs(datetime.fromisoformat(live.json()["timestamp"]).timestamp() - time.time()) < 60
 
 
 def test_postgres_outage_degrades_and_recovers_without_restart(
@@ -209,15 +233,15 @@ def test_postgres_outage_degrades_and_recovers_without_restart(
         assert body["services"]["database"] == "unhealthy"
         assert body["database"] == {"status": "unhealthy", "latencyMs": None}
         assert body["services"]["redis"] == "healthy"
-        ready = app_server.get("/health/ready")
-        assert ready.status_code == 503
+        # /health/ready answers from a result up to 1 s old: the outage shows within that.
+        ready = wait_until(lambda: _ready_status(app_server, 503), timeout=5)
         assert ready.json()["status"] == "not ready"
         assert any(reason.startswith("database:") for reason in ready.json()["reasons"])
         assert app_server.get("/health/live").status_code == 200
     finally:
         own_postgres.start()
     wait_until(lambda: app_server.get("/health").status_code == 200, timeout=20)
-    assert app_server.get("/health/ready").status_code == 200
+    wait_until(lambda: _ready_status(app_server, 200), timeout=5)
 
 
 def test_redis_outage_degrades_and_recovers_without_restart(
@@ -232,8 +256,7 @@ def test_redis_outage_degrades_and_recovers_without_restart(
         assert body["services"]["redis"] == "unhealthy"
         assert body["services"]["rateLimiter"] == "degraded"
         assert body["services"]["database"] == "healthy"
-        ready = app_server.get("/health/ready")
-        assert ready.status_code == 503
+        ready = wait_until(lambda: _ready_status(app_server, 503), timeout=5)
         assert any(reason.startswith("redis:") for reason in ready.json()["reasons"])
         assert app_server.get("/health/live").status_code == 200
         # The limiter failed open on the /health requests above, and says so.
@@ -244,7 +267,7 @@ def test_redis_outage_degrades_and_recovers_without_restart(
     finally:
         own_redis.start()
     wait_until(lambda: app_server.get("/health").status_code == 200, timeout=20)
-    assert app_server.get("/health/ready").status_code == 200
+    wait_until(lambda: _ready_status(app_server, 200), timeout=5)
 
 
 def test_unreachable_external_services_are_reported_and_health_stays_fast(
@@ -278,7 +301,7 @@ def test_unreachable_external_services_are_reported_and_health_stays_fast(
         assert response.status_code == 503
         assert response.json()["status"] == "degraded"
         # Local services are fine, so the instance is still ready to serve.
-        assert server.get("/health/ready").status_code == 200
+        wait_until(lambda: _ready_status(server, 200), timeout=5)
     finally:
         server.stop()
         blackhole.close()
@@ -295,3 +318,126 @@ def test_rejected_openai_key_is_reported(app_env: dict[str, str]) -> None:
         assert server.get("/health").status_code == 503
     finally:
         server.stop()
+
+
+def _redis_calls(server: RedisServer, command: str) -> int:
+    client = redis.Redis.from_url(server.url())
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_session_store_refusing_writes_makes_the_app_unready(
+        app_server: AppServer, own_redis: RedisServer) -> None:
+    # PING still answers, but no write is accepted: sign-in (OAuth state) cannot work.
+    client = redis.Redis.from_url(own_redis.url())
+    wait_until(lambda: _ready_status(app_server, 200), timeout=5)
+    client.config_set("min-replicas-to-write", 1)
+    try:
+        ready = wait_until(lambda: _ready_status(app_server, 503), timeout=5).json()
+        assert ready["checks"]["redis"] == "healthy"
+        assert ready["checks"]["sessionStore"] == "unhealthy"
+        assert any(reason.startswith("sessionStore:") for reason in ready["reasons"]), ready
+        health = app_server.get("/health").json()
+        assert health["services"]["sessionStore"] == "unhealthy"
+        assert "NOREPLICAS" in health["serviceDetails"]["sessionStore"]["error"].upper()
+    finally:
+        client.config_set("min-replicas-to-write", 0)
+        client.close()
+    wait_until(lambda: _ready_status(app_server, 200), timeout=5)
+
+
+def test_a_flood_of_readiness_probes_costs_one_live_check_per_second(
+        app_server: AppServer, own_redis: RedisServer) -> None:
+    """Every live readiness check does exactly one GETDEL (the session store probe), and
+    nothing else in this idle app does: Redis's own command statistics count the checks."""
+    probes, threads = 400, 16
+    before = _redis_calls(own_redis, "getdel")
+    started = time.monotonic()
+    with httpx.Client(base_url=app_server.base_url, timeout=10) as http:
+        def probe(_: int) -> int:
+            return http.get("/health/ready").status_code
+
+        with ThreadPoolExecutor(threads) as pool:
+            statuses = list(pool.map(probe, range(probes)))
+    elapsed = time.monotonic() - started
+    live_checks = _redis_calls(own_redis, "getdel") - before
+    assert statuses == [200] * probes
+    assert elapsed > 1.0, f"flood too short to measure: {elapsed:.2f}s"
+    # One check per started second at most (the first probe finds no cached result).
+    assert 1 <= live_checks <= math.ceil(elapsed) + 1, (live_checks, elapsed)
+
+
+async def test_cached_check_shares_one_in_flight_check_and_expires() -> None:
+    now = [100.0]
+    release = asyncio.Event()
+
+    async def slow_check() -> dict[str, Any]:
+        await release.wait()
+        return {"n": cache.live_checks}
+
+    cache = CachedCheck(slow_check, max_age_s=1.0, clock=lambda: now[0])
+    waiters = [asyncio.create_task(cache.get()) for _ in range(50)]
+    await asyncio.sleep(0)
+    release.set()
+    results = await asyncio.gather(*waiters)
+    assert cache.live_checks == 1
+    assert results == [{"n": 1}] * 50
+    now[0] += 0.99
+    assert await cache.get() == {"n": 1} and cache.live_checks == 1
+    now[0] += 0.02  # 1.01 s after the check started: stale
+    assert await cache.get() == {"n": 2} and cache.live_checks == 2
+
+
+async def test_cached_check_does_not_cache_a_failure_and_survives_a_cancelled_waiter() -> None:
+    calls = []
+
+    async def flaky_check() -> dict[str, Any]:
+        calls.append(1)
+        await asyncio.sleep(0.05)
+        if len(calls) == 1:
+            raise RuntimeError("first check fails")
+        return {"ok": True}
+
+    cache = CachedCheck(flaky_check)
+    with pytest.raises(RuntimeError):
+        await cache.get()
+    impatient = asyncio.create_task(cache.get())
+    patient = asyncio.create_task(cache.get())
+    await asyncio.sleep(0.01)
+    impatient.cancel()  # a probe that hung up must not cancel the shared check
+    assert await patient == {"ok": True}
+    assert len(calls) == 2
+
+
+@pytest.fixture
+def bare_health_app(redis_server: RedisServer) -> Iterator[Sanic]:
+    settings = load_settings({**VALID_ENV, "REDIS_URL": redis_server.url(6)}, env_file=None)
+    Sanic.test_mode = True
+    app = Sanic(f"health_errors_{os.getpid()}_{time.monotonic_ns()}")
+    app.config.SETTINGS = settings
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    setup_redis(app, settings)
+    setup_health(app, settings)
+    yield app
+    Sanic._app_registry.pop(app.name, None)
+
+
+def test_an_exception_while_building_a_report_answers_503_unhealthy(
+        bare_health_app: Sanic, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("metrics store corrupt")
+
+    monkeypatch.setattr(health, "aggregate", broken)
+    monkeypatch.setattr(health, "check_gmail_config", broken)
+    client = ReusableClient(bare_health_app, port=free_port())
+    with client:
+        for path in ("/health", "/health/ready"):
+            _, response = client.get(path)
+            assert response.status == 503, path
+            assert response.json["status"] == "unhealthy"
+            assert response.json["error"] == "RuntimeError: metrics store corrupt"
+        _, response = client.get("/health/live")
+        assert response.status == 200

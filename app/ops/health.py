@@ -6,8 +6,15 @@
   /health serves the cached result. Database and Redis are probed live with short timeouts,
   because they are local and their state is the point of the report.
 - /health/ready is what a load balancer or a deployment waits for: 200 only when the
-  database, Redis and the auth configuration work; otherwise 503 with the reasons.
+  database, Redis, the session store (the Redis-backed sign-in state: a real write and
+  read-back), the auth configuration and the Gmail configuration work; otherwise 503 with the
+  reasons. It is exempt from the rate limit, so it must stay cheap: each worker serves it from
+  a result at most READY_MAX_AGE_S old, runs at most one live check at a time, and every probe
+  arriving meanwhile waits for that one check. A flood of probes costs the data stores at
+  most one round of checks per second per worker.
 - /health/live does no I/O at all: it answers as long as the worker's event loop runs.
+- An exception while building a report answers 503 {"status": "unhealthy", "error": ...}
+  (a probe must read "not healthy", never a 500 that looks like a bug in the probe).
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import platform
 import resource
 import time
 import tomllib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, wraps
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,12 @@ log = logging.getLogger(__name__)
 DATABASE_TIMEOUT_S = 2.0
 REDIS_TIMEOUT_S = 1.0
 EXTERNAL_TIMEOUT_S = 2.0
+# /health/ready answers from a result at most this old (per worker).
+READY_MAX_AGE_S = 1.0
+# The session store probe: a key of its own (never a real sign-in state), gone in seconds
+# even if the read-back never happens.
+SESSION_PROBE_KEY_PREFIX = "health:session-store:"
+SESSION_PROBE_TTL_S = 10
 HEALTHY, UNHEALTHY, DEGRADED = "healthy", "unhealthy", "degraded"
 PROCESS_STARTED = time.monotonic()
 
@@ -91,6 +106,49 @@ async def check_redis(app: Sanic) -> dict[str, Any]:
     except Exception as exc:  # connection refused, auth error, ...: report, never raise
         return {"status": UNHEALTHY, "latencyMs": None, "error": _describe(exc)}
     return {"status": HEALTHY, "latencyMs": _ms_since(start)}
+
+
+async def check_session_store(app: Sanic) -> dict[str, Any]:
+    """Sign-in state lives in Redis (SET with expiry, then GETDEL): PING is not enough, a
+    Redis that refuses writes (read-only replica, maxmemory with noeviction) breaks sign-in
+    while answering PING. So write a probe key and take it back the same way sign-in does."""
+    redis = getattr(app.ctx, "redis", None)
+    if redis is None:
+        return {"status": UNHEALTHY, "latencyMs": None, "error": "redis client not initialised"}
+    key = f"{SESSION_PROBE_KEY_PREFIX}{os.getpid()}"
+    value = str(time.monotonic_ns())
+    start = time.perf_counter()
+    try:
+        async def round_trip() -> Any:
+            await redis.set(key, value, ex=SESSION_PROBE_TTL_S)
+            return await redis.getdel(key)
+
+        read_back = await asyncio.wait_for(round_trip(), REDIS_TIMEOUT_S)
+    except TimeoutError:
+        return {"status": UNHEALTHY, "latencyMs": None,
+                "error": f"no answer within {REDIS_TIMEOUT_S:g}s"}
+    except Exception as exc:  # read-only, OOM, auth, connection: all "cannot store sign-ins"
+        return {"status": UNHEALTHY, "latencyMs": None, "error": _describe(exc)}
+    if isinstance(read_back, bytes):
+        read_back = read_back.decode(errors="replace")
+    if read_back != value:
+        return {"status": UNHEALTHY, "latencyMs": None,
+                "error": "the value written was not read back"}
+    return {"status": HEALTHY, "latencyMs": _ms_since(start)}
+
+
+def check_gmail_config(settings: Settings) -> dict[str, Any]:
+    """The email agent needs the Google OAuth client (its tokens carry the Gmail scopes) and
+    a Gmail API base URL. Configuration only: Gmail itself is reached per user, with the
+    user's token, and is never probed here."""
+    problems = []
+    if not settings.google_client_id or not settings.google_client_secret:
+        problems.append("Google OAuth client not configured (Gmail needs its tokens)")
+    if not settings.gmail_api_base_url.startswith(("https://", "http://")):
+        problems.append("GMAIL_API_BASE_URL is not an http(s) URL")
+    if problems:
+        return {"status": UNHEALTHY, "error": "; ".join(problems)}
+    return {"status": HEALTHY, "apiBaseUrl": settings.gmail_api_base_url}
 
 
 def check_auth_config(settings: Settings) -> dict[str, Any]:
@@ -172,6 +230,67 @@ class ExternalChecker:
 
 
 # --------------------------------------------------------------------------------------------
+# Readiness, cached
+# --------------------------------------------------------------------------------------------
+class CachedCheck:
+    """Serves the result of `check` while it is younger than `max_age_s`; a stale result is
+    replaced by ONE live check that every concurrent caller awaits (single flight). The age
+    counts from the moment the check started, so an answer is never older than max_age_s
+    plus the check's own duration. A failing check (exception) is not cached.
+
+    `live_checks` counts the checks actually run (for tests and the report)."""
+
+    def __init__(self, check: Callable[[], Awaitable[dict[str, Any]]],
+                 max_age_s: float = READY_MAX_AGE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.check = check
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self.live_checks = 0
+        self._result: dict[str, Any] | None = None
+        self._started_at = -math.inf
+        self._in_flight: asyncio.Task[dict[str, Any]] | None = None
+
+    async def get(self) -> dict[str, Any]:
+        if self._result is not None and self.clock() - self._started_at < self.max_age_s:
+            return self._result
+        task = self._in_flight
+        if task is None:
+            task = self._in_flight = asyncio.get_running_loop().create_task(
+                self._run(), name="health-ready-check")
+        # shield: a probe that disconnects cancels its own wait, not the shared check.
+        return await asyncio.shield(task)
+
+    async def _run(self) -> dict[str, Any]:
+        started = self.clock()
+        self.live_checks += 1
+        try:
+            result = await self.check()
+        finally:
+            self._in_flight = None
+        self._result, self._started_at = result, started
+        return result
+
+
+def answer_unhealthy_on_error(
+        handler: Callable[[Request], Awaitable[HTTPResponse]],
+) -> Callable[[Request], Awaitable[HTTPResponse]]:
+    """A bug or a surprise while building a report answers 503 "unhealthy" with the error,
+    as the seed did, instead of a generic 500."""
+
+    @wraps(handler)
+    async def wrapper(request: Request) -> HTTPResponse:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            log.exception("health report failed: %s", request.path)
+            return json({"status": UNHEALTHY, "error": _describe(exc),
+                         "timestamp": _now_iso()}, status=503)
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------------------------
 # Endpoints
 # --------------------------------------------------------------------------------------------
 def setup_health(app: Sanic, settings: Settings) -> None:
@@ -194,27 +313,41 @@ def setup_health(app: Sanic, settings: Settings) -> None:
                 await task
             app.ctx.external_check_task = None
 
+    async def readiness() -> dict[str, Any]:
+        database, redis, session_store = await asyncio.gather(
+            check_database(), check_redis(app), check_session_store(app))
+        results = {"database": database, "redis": redis, "sessionStore": session_store,
+                   "auth": check_auth_config(settings), "gmail": check_gmail_config(settings)}
+        return {"checks": {name: result["status"] for name, result in results.items()},
+                "reasons": [f"{name}: {result.get('error', 'unhealthy')}"
+                            for name, result in results.items() if result["status"] != HEALTHY],
+                "checkedAt": _now_iso()}
+
+    ready_cache = CachedCheck(readiness)
+    app.ctx.ready_cache = ready_cache
+
     @app.get("/health/live", name="health_live")
     async def live(request: Request) -> HTTPResponse:
-        return json({"status": "alive"})
+        return json({"status": "alive", "timestamp": _now_iso()})
 
     @app.get("/health/ready", name="health_ready")
+    @answer_unhealthy_on_error
     async def ready(request: Request) -> HTTPResponse:
-        database, redis = await asyncio.gather(check_database(), check_redis(request.app))
-        auth = check_auth_config(settings)
-        reasons = [f"{name}: {result.get('error', 'unhealthy')}"
-                   for name, result in (("database", database), ("redis", redis),
-                                        ("auth", auth))
-                   if result["status"] != HEALTHY]
-        if reasons:
-            return json({"status": "not ready", "reasons": reasons}, status=503)
-        return json({"status": "ready"})
+        result = await ready_cache.get()
+        body: dict[str, Any] = {"checks": result["checks"], "checkedAt": result["checkedAt"]}
+        if result["reasons"]:
+            return json({"status": "not ready", "reasons": result["reasons"], **body},
+                        status=503)
+        return json({"status": "ready", **body})
 
     @app.get("/health", name="health")
+    @answer_unhealthy_on_error
     async def health(request: Request) -> HTTPResponse:
         start = time.perf_counter()
-        database, redis = await asyncio.gather(check_database(), check_redis(request.app))
+        database, redis, session_store = await asyncio.gather(
+            check_database(), check_redis(request.app), check_session_store(request.app))
         auth = check_auth_config(settings)
+        gmail = check_gmail_config(settings)
         # Without Redis the limiter fails open (requests are served, unlimited): the app
         # works, but a protection is off, which the report must show.
         metrics = aggregate(request.app)
@@ -224,7 +357,8 @@ def setup_health(app: Sanic, settings: Settings) -> None:
                         else {"status": DEGRADED, "backend": "redis", "redisErrors": redis_errors,
                               "error": "Redis unavailable: requests are not rate limited"})
         services = {"database": database["status"], "redis": redis["status"],
-                    "auth": auth["status"], "rateLimiter": rate_limiter["status"]}
+                    "sessionStore": session_store["status"], "auth": auth["status"],
+                    "gmail": gmail["status"], "rateLimiter": rate_limiter["status"]}
         all_healthy = (all(s == HEALTHY for s in services.values()) and checker.healthy)
         body = {
             "status": HEALTHY if all_healthy else DEGRADED,
@@ -236,7 +370,8 @@ def setup_health(app: Sanic, settings: Settings) -> None:
             "memory": _memory(),
             "pid": os.getpid(),
             "services": services,
-            "serviceDetails": {"database": database, "redis": redis, "auth": auth,
+            "serviceDetails": {"database": database, "redis": redis,
+                               "sessionStore": session_store, "auth": auth, "gmail": gmail,
                                "rateLimiter": rate_limiter},
             "agents": agents_json(metrics.store.agents),
             "database": {"status": database["status"], "latencyMs": database["latencyMs"]},
