@@ -24,7 +24,7 @@ from sanic_testing.reusable import ReusableClient
 import app.ops.ratelimit as ratelimit
 from app.config import SETTINGS
 from app.ops.clientip import parse_networks, resolve_client_ip
-from app.ops.ratelimit import TOO_MANY_MESSAGE, limit_key, ratelimit_status
+from app.ops.ratelimit import TOO_MANY_MESSAGE, human_duration, limit_key, ratelimit_status
 from tests.conftest import VALID_ENV
 from tests.ops_app import drop_app, make_ops_app, ops_settings
 from tests.servers import RedisServer, free_port, wait_for_port
@@ -99,6 +99,19 @@ def test_resolve_client_ip(peer: str, xff: str | None, expected: str) -> None:
     assert resolve_client_ip(peer, xff, TRUSTED) == expected
 
 
+def test_the_window_reads_like_the_seeds_retry_after() -> None:
+    default = next(s.default for s in SETTINGS if s.env == "RATE_LIMIT_WINDOW_MS")
+    assert default is not None
+    assert human_duration(int(default)) == "15 minutes"
+    assert human_duration(900_000) == "15 minutes"
+    assert human_duration(60_000) == "1 minute"
+    assert human_duration(3_600_000) == "1 hour"
+    assert human_duration(7_200_000) == "2 hours"
+    assert human_duration(90_000) == "90 seconds"
+    assert human_duration(1_500) == "2 seconds"
+    assert human_duration(1) == "1 second"
+
+
 def test_ipv6_clients_are_limited_per_64() -> None:
     assert limit_key("2001:db8:1:2:aaaa::1") == limit_key("2001:db8:1:2:bbbb::2")
     assert limit_key("2001:db8:1:3::1") != limit_key("2001:db8:1:2::1")
@@ -123,7 +136,8 @@ def test_limit_hit_with_standard_headers(redis_url: str) -> None:
         assert limited.headers["ratelimit-reset"] == str(retry_after)
         body = limited.json
         assert body["error"] == TOO_MANY_MESSAGE
-        assert body["retryAfter"] == retry_after
+        assert body["retryAfter"] == "1 minute"  # the window, in the seed's words
+        assert body["retryAfterSeconds"] == retry_after
         # The 429 is a normal response of ours: security headers and a request id.
         assert limited.headers["x-content-type-options"] == "nosniff"
         assert limited.headers["x-request-id"]

@@ -56,6 +56,7 @@ async def test_page_gets_full_helmet_headers(client: Any) -> None:
     assert directives["script-src"] == "'self'"  # no 'unsafe-inline', no hosts
     assert directives["script-src-attr"] == "'none'"
     assert directives["frame-ancestors"] == "'none'"
+    assert directives["frame-src"] == "'none'"
     assert directives["object-src"] == "'none'"
     assert "unsafe-inline" not in directives["script-src"]
     assert "upgrade-insecure-requests" not in csp  # APP_ENV=test runs on plain http

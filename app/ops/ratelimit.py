@@ -74,6 +74,16 @@ class Decision:
     allowed: bool
 
 
+def human_duration(milliseconds: int) -> str:
+    """The window as the seed's 429 body put it: "15 minutes", "1 hour", "90 seconds"."""
+    for unit_ms, unit in ((3_600_000, "hour"), (60_000, "minute")):
+        if milliseconds >= unit_ms and milliseconds % unit_ms == 0:
+            count = milliseconds // unit_ms
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    seconds = max(1, math.ceil(milliseconds / 1000))
+    return f"{seconds} second{'' if seconds == 1 else 's'}"
+
+
 def limit_key(ip: str) -> str:
     try:
         address = ipaddress.ip_address(ip)
@@ -109,6 +119,7 @@ class RateLimiter:
         self.limit = settings.rate_limit_max_requests
         self.window_ms = settings.rate_limit_window_ms
         self.window_s = max(1, math.ceil(self.window_ms / 1000))
+        self.window_text = human_duration(self.window_ms)
         self.state = RateLimitState()
         self.script: Any = None
         app.ctx.ratelimit = self.state
@@ -161,8 +172,11 @@ def setup_rate_limit(app: Sanic, settings: Settings) -> None:
             return None
         headers = rate_limit_headers(decision, limiter.window_s)
         headers["Retry-After"] = str(decision.reset_s)
+        # retryAfter: the window in words, as the seed's body said it ("15 minutes" by
+        # default); retryAfterSeconds: the exact wait for machines (same as Retry-After).
         return json({"error": TOO_MANY_MESSAGE, "code": "rate_limited",
-                     "retryAfter": decision.reset_s}, status=429, headers=headers)
+                     "retryAfter": limiter.window_text,
+                     "retryAfterSeconds": decision.reset_s}, status=429, headers=headers)
 
     # Plain functions: Sanic awaits a middleware's result only when it is awaitable, so
     # exempt requests (probes, scrapes) and responses without a decision cost no coroutine.

@@ -60,6 +60,8 @@ def content_security_policy(upgrade_insecure: bool) -> str:
         "font-src 'self' data:",
         "form-action 'self'",
         "frame-ancestors 'none'",
+        # The pages embed nothing: no iframes of any origin (the seed's policy).
+        "frame-src 'none'",
         # Google profile pictures are https images on Google hosts.
         "img-src 'self' data: https:",
         "object-src 'none'",
