@@ -12,6 +12,7 @@ import pytest
 
 import app.__main__ as cli
 from app.config import SETTINGS
+from app.db import migrate
 from tests.conftest import VALID_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,3 +156,50 @@ def test_generators_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == cli.config_table()
     assert cli.main(["env-example"]) == 0
     assert capsys.readouterr().out == cli.env_example()
+
+
+# --- python -m app db downgrade --steps N ----------------------------------------------------
+
+def run_db(*args: str, database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli("db", *args, cwd=cwd, **{**VALID_ENV, "DATABASE_URL": database_url})
+
+
+def test_db_downgrade_steps_undoes_the_newest_n(migrated_database_url: str,
+                                                tmp_path: Path) -> None:
+    versions = migrate.available_versions()
+    assert len(versions) >= 2
+    result = run_db("downgrade", "--steps", "1", database_url=migrated_database_url,
+                    cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"Reverted {versions[-1]}",
+                                          f"Database is at {versions[-2]}"]
+    # N larger than what is applied: refused, nothing touched.
+    applied = len(versions) - 1
+    result = run_db("downgrade", "--steps", str(applied + 1),
+                    database_url=migrated_database_url, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"only {applied} " in result.stderr and "nothing was changed" in result.stderr
+    assert "Traceback" not in result.stderr
+    current = run_db("current", database_url=migrated_database_url, cwd=tmp_path)
+    assert current.stdout.strip() == versions[-2]
+    # Exactly what is applied: back to base.
+    result = run_db("downgrade", "--steps", str(applied), database_url=migrated_database_url,
+                    cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"Database is at {migrate.BASE_VERSION}"
+
+
+@pytest.mark.parametrize("steps", ["0", "-1", "two", "1.5", ""])
+def test_db_downgrade_bad_steps_is_a_clear_error(steps: str, tmp_path: Path) -> None:
+    # Checked before the database is even asked (this URL has no server behind it).
+    result = run_db("downgrade", "--steps", steps, database_url="postgres://u:p@127.0.0.1:9/x",
+                    cwd=tmp_path)
+    assert result.returncode == 1
+    assert "--steps needs a whole number" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_db_downgrade_needs_exactly_one_of_to_and_steps(tmp_path: Path) -> None:
+    for args in (["downgrade"], ["downgrade", "--to", "base", "--steps", "1"]):
+        result = run_db(*args, database_url="postgres://u:p@127.0.0.1:9/x", cwd=tmp_path)
+        assert result.returncode != 0
+        assert "--to" in result.stderr and "--steps" in result.stderr

@@ -1,4 +1,4 @@
-"""`python -m app db upgrade | downgrade --to VERSION | current | history`.
+"""`python -m app db upgrade | downgrade (--to VERSION | --steps N) | current | history`.
 
 The deployment records `current` (one line, the head version) for every release and
 rolls back with `downgrade --to <recorded head>`. Exit codes: 0 ok, 1 bad input or
@@ -33,10 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("upgrade", parents=[common], help="apply all pending migrations")
     down = commands.add_parser("downgrade", parents=[common],
-                               help="undo migrations until VERSION is the head")
-    down.add_argument("--to", required=True, metavar="VERSION",
-                      help=f"version name or number as printed by `current`, or "
-                           f"'{migrate.BASE_VERSION}' to undo everything")
+                               help="undo migrations until VERSION is the head, or the last N")
+    target = down.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", metavar="VERSION",
+                        help=f"version name or number as printed by `current`, or "
+                             f"'{migrate.BASE_VERSION}' to undo everything")
+    # A string, checked in main(): a bad N is bad input (exit 1), like every other mistake.
+    target.add_argument("--steps", metavar="N",
+                        help="undo the newest N applied migrations (N >= 1)")
     commands.add_parser("current", parents=[common], help="print the applied head version")
     commands.add_parser("history", parents=[common],
                         help="list shipped versions and whether each is applied")
@@ -45,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "steps", None) is not None:
+        steps = args.steps.strip()
+        if not steps.isdigit() or int(steps) < 1:
+            print(f"Error: --steps needs a whole number of migrations, at least 1 "
+                  f"(got '{args.steps}')", file=sys.stderr)
+            return EXIT_USAGE
+        args.steps = int(steps)
     env_file = args.env_file or args.global_env_file
     if env_file is not None and not Path(env_file).is_file():
         print(f"Env file not found: {env_file}", file=sys.stderr)
@@ -75,7 +86,9 @@ async def _dispatch(args: argparse.Namespace, database_url: str) -> int:
         head = await migrate.current(database_url)
         print(f"Database is at {head}" if applied else f"Already up to date at {head}")
     elif args.command == "downgrade":
-        undone = await migrate.downgrade_to(database_url, args.to)
+        undone = (await migrate.downgrade_steps(database_url, args.steps)
+                  if args.steps is not None else
+                  await migrate.downgrade_to(database_url, args.to))
         for version in undone:
             print(f"Reverted {version}")
         head = await migrate.current(database_url)

@@ -152,16 +152,39 @@ async def downgrade_to(database_url: str, target: str) -> list[str]:
                     f"Unknown migration version '{target}'. Known versions: "
                     + ", ".join([BASE_VERSION, *available_versions()]))
             keep = applied.index(name)
-        to_undo = applied[keep + 1:]
-        if not to_undo:
-            return []
-        missing = [v for v in to_undo if v not in available_versions()]
-        if missing:
-            raise MigrationError(
-                "The database has migrations this code does not ship (downgrade with the "
-                f"newer release): {', '.join(missing)}")
-        first_number = int(to_undo[0].split("_", 1)[0])
-        undone = await command.downgrade(version=first_number, delete=False)
-        return [version_name(v) for v in undone]
+        return await _undo_after(command, applied, keep)
 
     return await _run(database_url, action)
+
+
+async def downgrade_steps(database_url: str, steps: int) -> list[str]:
+    """Undo the newest `steps` applied migrations (the seed's `rollback(steps)`). Refuses,
+    touching nothing, when fewer than `steps` are applied."""
+    if steps < 1:
+        raise MigrationError(f"--steps must be at least 1, got {steps}")
+
+    async def action(command: Command) -> list[str]:
+        applied = await _applied_versions()
+        if steps > len(applied):
+            raise MigrationError(
+                f"Cannot undo {steps} migration{'s' if steps != 1 else ''}: only "
+                f"{len(applied)} {'is' if len(applied) == 1 else 'are'} applied (head: "
+                f"{applied[-1] if applied else BASE_VERSION}); nothing was changed")
+        return await _undo_after(command, applied, len(applied) - steps - 1)
+
+    return await _run(database_url, action)
+
+
+async def _undo_after(command: Command, applied: list[str], keep: int) -> list[str]:
+    """Undo applied[keep + 1:], newest first (keep = -1 undoes everything)."""
+    to_undo = applied[keep + 1:]
+    if not to_undo:
+        return []
+    missing = [v for v in to_undo if v not in available_versions()]
+    if missing:
+        raise MigrationError(
+            "The database has migrations this code does not ship (downgrade with the "
+            f"newer release): {', '.join(missing)}")
+    first_number = int(to_undo[0].split("_", 1)[0])
+    undone = await command.downgrade(version=first_number, delete=False)
+    return [version_name(v) for v in undone]
