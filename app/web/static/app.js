@@ -102,12 +102,17 @@
     $("conversation-list").replaceChildren();
     clearMessages();
     showError("signin-error", message);
+    $("signin-retry-signout").hidden = true;
     show("signedOut");
   }
 
-  async function signOut() {
+  const LOGOUT_PENDING = "assistantapp.logoutPending";
+
+  // Ends the server session. The refresh cookie alone is enough (an expired access token
+  // after sleep must not keep the session alive); 401 means there was no session left.
+  async function endServerSession() {
     try {
-      await fetch("/auth/logout", {
+      const response = await fetch("/auth/logout", {
         method: "POST",
         credentials: "same-origin",
         headers: Object.assign(
@@ -115,14 +120,36 @@
           state.accessToken ? { Authorization: "Bearer " + state.accessToken } : {}),
         body: "{}",
       });
+      return response.ok || response.status === 401;
     } catch (error) {
-      // Signing out locally still works when the server cannot be reached.
+      return false;
     }
-    signedOut("");
+  }
+
+  async function signOut() {
+    const ended = (await endServerSession()) || (await endServerSession());
+    if (ended) {
+      sessionStorage.removeItem(LOGOUT_PENDING);
+      signedOut("");
+      return;
+    }
+    // The server did not confirm: never sign back in silently from this tab, retry the
+    // logout on the next load, and tell the person the session may still be alive.
+    sessionStorage.setItem(LOGOUT_PENDING, "1");
+    signedOut("Signing out could not be confirmed by the server: your session may still be " +
+              "active on this computer. Try signing out again, or close the browser.");
+    $("signin-retry-signout").hidden = false;
   }
 
   async function start() {
-    if (location.hash === "#signed-in") history.replaceState(null, "", location.pathname);
+    if (location.hash === "#signed-in") {
+      history.replaceState(null, "", location.pathname);
+      sessionStorage.removeItem(LOGOUT_PENDING);  // a deliberate new sign-in
+    }
+    if (sessionStorage.getItem(LOGOUT_PENDING)) {
+      await signOut();
+      return;
+    }
     if (!(await refreshAccessToken())) {
       signedOut("");
       return;
@@ -400,6 +427,7 @@
   // --- Wiring -------------------------------------------------------------------------
 
   $("sign-out").addEventListener("click", signOut);
+  $("signin-retry-signout").addEventListener("click", signOut);
   $("new-conversation").addEventListener("click", () => {
     showError("chat-error", "");
     createConversation();
