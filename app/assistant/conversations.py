@@ -28,6 +28,7 @@ from tortoise.transactions import in_transaction
 
 from app.assistant.agents import AgentContext, AgentRegistry, AgentResult
 from app.assistant.llm import AssistantError, ModelClient, not_configured
+from app.assistant.quota import spend_model_call
 from app.auth.decorators import require_auth
 from app.db.models import Conversation, Message, MessageRole, MessageStatus, User
 from app.errors import json_error
@@ -351,6 +352,7 @@ async def _persist_result(conversation: Conversation, agent_name: str,
 @openapi.response(400, description="invalid_json, invalid_body, validation_error, unknown_agent")
 @openapi.response(404, description="not_found")
 @openapi.response(413, description="message_too_large")
+@openapi.response(429, description="quota_exceeded (per-user message quota; Retry-After)")
 @openapi.response(502, description="upstream_error: the model service failed")
 @openapi.response(503, description="upstream_rate_limited or assistant_not_configured")
 @openapi.response(504, description="upstream_timeout")
@@ -375,6 +377,13 @@ async def post_message(request: Request, conversation_id: UUID) -> HTTPResponse 
     if model is None:
         error = not_configured()
         return json_error(error.status, error.message, error.code)
+    retry_after = await spend_model_call(getattr(request.app.ctx, "redis", None),
+                                         request.ctx.user_id, request.app.config.SETTINGS)
+    if retry_after is not None:
+        response = json_error(429, "You have sent too many messages; try again later",
+                              "quota_exceeded", retryAfter=retry_after)
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     user = await User.get_or_none(id=request.ctx.user_id)
     if user is None:
         return json_error(401, "The user of this token no longer exists", "unauthorized")

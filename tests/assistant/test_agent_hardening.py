@@ -213,3 +213,27 @@ async def test_draft_list_filters(client: Any, gmail_user: Any, auth_headers: An
     assert response.status == 200 and response.json == {"drafts": []}
     _, bad = await client.get("/api/drafts?status=sent", headers=auth_headers(user))
     assert bad.status == 400
+
+
+async def test_per_user_quota_on_model_calls(make_app: Any, app_settings: Any,
+                                            start_client: Any, make_user: Any,
+                                            auth_headers: Any, fake_openai: FakeOpenAI) -> None:
+    import dataclasses
+
+    settings = dataclasses.replace(app_settings, assistant_quota_max_calls=2,
+                                   assistant_quota_window=3600)
+    client = start_client(make_app(settings))
+    heavy, other = await make_user(), await make_user()
+    statuses = []
+    for user in (heavy, heavy, heavy, other):
+        _, created = await client.post("/api/conversations", json={},
+                                       headers=auth_headers(user))
+        cid = created.json["conversation"]["id"]
+        _, response = await client.post(f"/api/conversations/{cid}/messages",
+                                        json={"content": "hi"}, headers=auth_headers(user))
+        statuses.append(response.status)
+        if response.status == 429:
+            assert response.json["code"] == "quota_exceeded"
+            assert 0 < int(response.headers["retry-after"]) <= 3600
+    assert statuses == [200, 200, 429, 200]  # per user, not global
+    assert len(fake_openai.chat_requests()) == 3
