@@ -1,4 +1,5 @@
-"""Command line: `python -m app check-config | config-table | env-example | db ...`.
+"""Command line: `python -m app check-config | config-table | env-example |
+reencrypt-google-tokens | db ...`.
 
 The server itself runs with `sanic app:create_app --factory`; these commands are for
 operators and the deployment (which runs check-config on the target host before a release
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "environment wins over it")
     commands.add_parser("config-table", help="print the README configuration table")
     commands.add_parser("env-example", help="print the content of .env.example")
+    commands.add_parser("reencrypt-google-tokens",
+                        help="re-encrypt stored Google tokens with the first key of "
+                             "GOOGLE_TOKEN_ENCRYPTION_KEY (key rotation)")
     commands.add_parser("db", help="database migrations (python -m app db --help)",
                         add_help=False)
     return parser
@@ -127,6 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config-table":
         sys.stdout.write(config_table())
         return 0
+    if args.command == "reencrypt-google-tokens":
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        from app.auth.key_rotation import main as reencrypt
+
+        return reencrypt(settings)
     if args.command == "env-example":
         sys.stdout.write(env_example())
         return 0

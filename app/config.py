@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
 
 AppEnv = Literal["development", "staging", "production", "test"]
 APP_ENVS: tuple[str, ...] = ("development", "staging", "production", "test")
@@ -110,8 +111,10 @@ SETTINGS: tuple[Setting, ...] = (
             "https://accounts.google.com/.well-known/openid-configuration",
             "OIDC discovery document of the identity provider."),
     Setting("GOOGLE_TOKEN_ENCRYPTION_KEY", "google_token_encryption_key", "",
-            "Key (32+ chars) that encrypts stored Google tokens; defaults to one derived "
-            "from JWT_SECRET outside production.", secret=True),
+            "Comma-separated keys (32+ chars each) for stored Google tokens: the first "
+            "encrypts, all decrypt (rotation: put the new key first, run `python -m app "
+            "reencrypt-google-tokens`, then drop the old key); defaults to one derived from "
+            "JWT_SECRET outside production.", secret=True),
     Setting("GMAIL_API_BASE_URL", "gmail_api_base_url", "https://gmail.googleapis.com",
             "Base URL of the Gmail REST API."),
     Setting("OPENAI_API_KEY", "openai_api_key", None,
@@ -125,10 +128,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Retries of a failed model call.", _parse_int),
     Setting("JWT_SECRET", "jwt_secret", None,
             "HMAC secret for access/refresh tokens, 32+ chars (required).", secret=True),
-    Setting("JWT_EXPIRES_IN", "jwt_expires_in", "24h",
-            "Access token lifetime (e.g. 15m, 24h, 7d).", parse_duration),
+    Setting("JWT_EXPIRES_IN", "jwt_expires_in", "15m",
+            "Access token lifetime (e.g. 15m); keep it short, the page renews it with the "
+            "refresh cookie.", parse_duration),
     Setting("JWT_REFRESH_EXPIRES_IN", "jwt_refresh_expires_in", "7d",
-            "Refresh token lifetime.", parse_duration),
+            "Refresh token lifetime (must not be shorter than JWT_EXPIRES_IN).",
+            parse_duration),
+    Setting("REFRESH_REUSE_GRACE_SECONDS", "refresh_reuse_grace_seconds", "10",
+            "A second refresh with the same token within this many seconds (two tabs, a "
+            "retry) gets the same successor instead of revoking the session; 0 disables.",
+            _parse_int),
     Setting("DATABASE_URL", "database_url", "postgres://assistantapp@localhost:5432/assistantapp",
             "PostgreSQL URL, postgres://user:pass@host:port/db (required in production).",
             secret=True),
@@ -146,6 +155,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Rate-limit window in milliseconds.", _parse_int),
     Setting("RATE_LIMIT_MAX_REQUESTS", "rate_limit_max_requests", "100",
             "Requests allowed per client IP per window.", _parse_int),
+    Setting("ASSISTANT_QUOTA_MAX_CALLS", "assistant_quota_max_calls", "60",
+            "Messages (model calls) one user may send per quota window; 0 disables.",
+            _parse_int),
+    Setting("ASSISTANT_QUOTA_WINDOW", "assistant_quota_window", "1h",
+            "Window of the per-user message quota (duration).", parse_duration),
     Setting("HEALTH_CHECK_INTERVAL", "health_check_interval", "30000",
             "Milliseconds between background checks of external services.", _parse_int),
     Setting("METRICS_ENABLED", "metrics_enabled", "true",
@@ -175,8 +189,9 @@ class Settings:
     openai_timeout: int = 60
     openai_max_retries: int = 2
     jwt_secret: str = ""
-    jwt_expires_in: int = 86400
+    jwt_expires_in: int = 900
     jwt_refresh_expires_in: int = 604800
+    refresh_reuse_grace_seconds: int = 10
     database_url: str = "postgres://assistantapp@localhost:5432/assistantapp"
     redis_url: str = "redis://localhost:6379/0"
     log_level: str = "info"
@@ -185,6 +200,8 @@ class Settings:
     trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
     rate_limit_window_ms: int = 900000
     rate_limit_max_requests: int = 100
+    assistant_quota_max_calls: int = 60
+    assistant_quota_window: int = 3600
     health_check_interval: int = 30000
     metrics_enabled: bool = True
     metrics_allowed_cidrs: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
@@ -305,8 +322,10 @@ def _validate(values: dict[str, Any], provided: set[str]) -> list[str]:
         elif len(secret) < 32:
             errors.append("JWT_SECRET must be at least 32 characters long")
 
-    enc_key = values.get("google_token_encryption_key", "")
-    if "GOOGLE_TOKEN_ENCRYPTION_KEY" in provided and len(enc_key) < 32:
+    enc_keys = _parse_list(values.get("google_token_encryption_key", ""))
+    if "GOOGLE_TOKEN_ENCRYPTION_KEY" in provided and (
+            not enc_keys or any(len(k) < 32 for k in enc_keys)):
+        # (each key of the comma-separated list)
         errors.append("GOOGLE_TOKEN_ENCRYPTION_KEY must be at least 32 characters long")
     if production and "GOOGLE_TOKEN_ENCRYPTION_KEY" not in provided:
         errors.append("Required environment variable GOOGLE_TOKEN_ENCRYPTION_KEY is not set "
@@ -319,6 +338,10 @@ def _validate(values: dict[str, Any], provided: set[str]) -> list[str]:
     _positive(values, errors, "REQUEST_MAX_SIZE", "request_max_size")
     if values.get("workers", 0) < 0:
         errors.append("WORKERS: must be 0 (one per CPU) or a positive number")
+    if values.get("refresh_reuse_grace_seconds", 0) < 0:
+        errors.append("REFRESH_REUSE_GRACE_SECONDS: must not be negative")
+    if values.get("assistant_quota_max_calls", 0) < 0:
+        errors.append("ASSISTANT_QUOTA_MAX_CALLS: must be 0 (no quota) or a positive number")
     if values.get("openai_max_retries", 0) < 0:
         errors.append("OPENAI_MAX_RETRIES: must not be negative")
 
@@ -336,7 +359,7 @@ def _validate(values: dict[str, Any], provided: set[str]) -> list[str]:
     ):
         url = str(values.get(attr, ""))
         if url and url.split("://", 1)[0] not in schemes:
-            errors.append(f"{name}: '{_mask_url(url)}' must start with "
+            errors.append(f"{name}: '{_url_origin(url)}' must start with "
                           + " or ".join(f"{s}://" for s in schemes))
     for name, attr in (("GOOGLE_REDIRECT_URI", "google_redirect_uri"),
                        ("GOOGLE_DISCOVERY_URL", "google_discovery_url"),
@@ -344,7 +367,7 @@ def _validate(values: dict[str, Any], provided: set[str]) -> list[str]:
                        ("OPENAI_BASE_URL", "openai_base_url")):
         url = str(values.get(attr, ""))
         if not re.match(r"^https?://[^/\s]+", url):
-            errors.append(f"{name}: '{url}' must be an http(s) URL")
+            errors.append(f"{name}: '{_url_origin(url)}' must be an http(s) URL")
     for origin in values.get("cors_origin", []):
         if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
             errors.append(f"CORS_ORIGIN: '{origin}' must be an origin like https://example.com")
@@ -359,6 +382,24 @@ def _validate(values: dict[str, Any], provided: set[str]) -> list[str]:
                           "(required in production)")
         if level == "debug":
             errors.append("LOG_LEVEL must not be debug in production")
+        for name, attr in (("TRUSTED_PROXIES", "trusted_proxies"),
+                           ("METRICS_ALLOWED_CIDRS", "metrics_allowed_cidrs")):
+            for net in values.get(attr, []):
+                if ipaddress.ip_network(net, strict=False).prefixlen == 0:
+                    errors.append(f"{name} must not contain {net} (every address) in "
+                                  "production")
+        for name, attr in (("GOOGLE_DISCOVERY_URL", "google_discovery_url"),
+                           ("GOOGLE_REDIRECT_URI", "google_redirect_uri")):
+            url = str(values.get(attr, ""))
+            if url.startswith("http://"):
+                errors.append(f"{name}: '{_url_origin(url)}' must use https:// in production")
+        host = _url_host(str(values.get("google_redirect_uri", "")))
+        if host in ("localhost", "127.0.0.1", "::1") or host.endswith(".localhost"):
+            errors.append(f"GOOGLE_REDIRECT_URI: '{_url_origin(values['google_redirect_uri'])}'"
+                          " must not point to localhost in production")
+    access, refresh = values.get("jwt_expires_in"), values.get("jwt_refresh_expires_in")
+    if access is not None and refresh is not None and access > refresh:
+        errors.append("JWT_EXPIRES_IN must not be longer than JWT_REFRESH_EXPIRES_IN")
     return errors
 
 
@@ -373,8 +414,26 @@ def _positive(values: dict[str, Any], errors: list[str], name: str, attr: str,
         errors.append(f"{name}: must be at most {maximum}, got {value}")
 
 
-def _mask_url(url: str) -> str:
-    return re.sub(r"//([^:/@]*):([^@]+)@", r"//\1:***@", url)
+def _url_host(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def _url_origin(url: str) -> str:
+    """Scheme and host of a URL for error messages: never its credentials, path or query
+    (a malformed URL may carry a password anywhere)."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+    except ValueError:
+        return "<unparsable URL>"
+    if not parts.scheme:
+        return "<not a URL>"
+    if not host:
+        return f"{parts.scheme}://"
+    return f"{parts.scheme}://{host}"
 
 
 def settings_from(app_config: Any) -> Settings:

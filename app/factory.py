@@ -19,6 +19,7 @@ from app.db import setup_database
 from app.errors import setup_error_handlers
 from app.ops.fast_headers import setup_fast_headers
 from app.ops.health import setup_health
+from app.ops.input_guard import setup_input_guard
 from app.ops.logging import setup_logging
 from app.ops.metrics import setup_metrics
 from app.ops.ratelimit import setup_rate_limit
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
     setup_redis(app, settings)
     setup_security(app, settings)
     setup_rate_limit(app, settings)
+    setup_input_guard(app)
     setup_metrics(app, settings)
     setup_health(app, settings)
     setup_auth(app, settings)

@@ -3,7 +3,10 @@ real PostgreSQL and Redis)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -24,7 +27,8 @@ REQUIRED = {"error": "Authentication required", "code": "auth_required"}
 def _token(secret: str, **overrides: Any) -> str:
     now = int(time.time())
     claims: dict[str, Any] = {"sub": "1", "userId": 1, "scopes": ["user"], "type": "access",
-                              "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600}
+                              "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600,
+                              "fam": str(uuid.uuid4())}
     claims.update(overrides)
     return jwt.encode({k: v for k, v in claims.items() if v is not None}, secret,
                       algorithm="HS256")
@@ -168,6 +172,9 @@ async def test_refresh_reuse_revokes_the_family(client: Any, app_settings: Any,
     _, first = await client.post("/auth/refresh",
                                           json={"refreshToken": pair["refreshToken"]})
     assert first.status == 200
+    async with db_session():  # later than the refresh grace period
+        await RefreshToken.filter(token_hash=hash_token(pair["refreshToken"])).update(
+            used_at=datetime.now(UTC) - timedelta(minutes=5))
     # The spent token comes back (stolen copy): 401 and the whole family dies.
     _, reuse = await client.post("/auth/refresh",
                                           json={"refreshToken": pair["refreshToken"]})
@@ -250,9 +257,106 @@ async def test_logout_all_revokes_every_session(client: Any, app_settings: Any,
     assert alive.status == 200
 
 
-async def test_logout_needs_an_access_token(client: Any) -> None:
+async def test_logout_without_any_credential_is_401_and_still_clears_the_cookie(
+        client: Any) -> None:
     _, response = await client.post("/auth/logout", json={})
-    assert response.status == 401 and response.json == REQUIRED
+    assert response.status == 401 and response.json["code"] == "auth_required"
+    assert "aa_refresh=" in response.headers["set-cookie"]
+    assert "max-age=0" in response.headers["set-cookie"].lower()
+
+
+def _cookie_headers(refresh_token: str, **extra: str) -> dict[str, str]:
+    return {"Cookie": f"aa_refresh={refresh_token}", **extra}
+
+
+async def test_logout_with_the_refresh_cookie_alone(client: Any, app_settings: Any,
+                                                   make_user: Any, db_session: Any) -> None:
+    """The laptop slept: the access token expired, only the cookie is left."""
+    user, pair = await _pair(make_user, db_session, app_settings)
+    now = int(time.time())
+    expired = _token(app_settings.jwt_secret, sub=str(user.id), userId=user.id,
+                     iat=now - 3600, exp=now - 60)
+    _, response = await client.post(
+        "/auth/logout", headers=_cookie_headers(pair["refreshToken"],
+                                                Authorization=f"Bearer {expired}"))
+    assert response.status == 200 and response.json == {"success": True, "revoked": 1}
+    assert "max-age=0" in response.headers["set-cookie"].lower()
+    assert response.headers["cache-control"] == "no-store"
+    _, dead = await client.post("/auth/refresh", json={"refreshToken": pair["refreshToken"]})
+    assert dead.status == 401 and dead.json["code"] == "token_revoked"
+    # The session's access token is refused at once, not when it expires.
+    _, me = await client.get("/api/me",
+                             headers={"Authorization": f"Bearer {pair['accessToken']}"})
+    assert me.status == 401 and me.json["code"] == "session_revoked"
+
+    _, nothing = await client.post("/auth/logout", headers=_cookie_headers("garbage"))
+    assert nothing.status == 401
+    assert "max-age=0" in nothing.headers["set-cookie"].lower()
+
+
+async def test_access_tokens_die_with_their_session(client: Any, app_settings: Any,
+                                                   make_user: Any, db_session: Any) -> None:
+    user, laptop = await _pair(make_user, db_session, app_settings)
+    async with db_session():
+        phone = await issue_token_pair(user, app_settings)
+    laptop_auth = {"Authorization": f"Bearer {laptop['accessToken']}"}
+    phone_auth = {"Authorization": f"Bearer {phone['accessToken']}"}
+    _, response = await client.post("/auth/logout", headers=laptop_auth)
+    assert response.status == 200 and response.json["revoked"] == 1
+    _, me = await client.get("/api/me", headers=laptop_auth)
+    assert me.status == 401 and me.json["code"] == "session_revoked"
+    _, me = await client.get("/api/me", headers=phone_auth)
+    assert me.status == 200
+    _, everything = await client.post("/auth/logout?all=1", headers=phone_auth)
+    assert everything.status == 200
+    _, me = await client.get("/api/me", headers=phone_auth)
+    assert me.status == 401 and me.json["code"] == "session_revoked"
+
+
+async def test_refresh_reuse_kills_the_stolen_access_token(client: Any, app_settings: Any,
+                                                          make_user: Any,
+                                                          db_session: Any) -> None:
+    _, pair = await _pair(make_user, db_session, app_settings)
+    _, thief = await client.post("/auth/refresh", json={"refreshToken": pair["refreshToken"]},
+                                 headers={"User-Agent": "thief"})
+    _, victim = await client.post("/auth/refresh",
+                                  json={"refreshToken": pair["refreshToken"]},
+                                  headers={"User-Agent": "victim-browser"})
+    assert thief.status == 200 and victim.status == 401
+    assert victim.json["code"] == "token_reused"
+    _, me = await client.get("/api/me",
+                             headers={"Authorization": f"Bearer {thief.json['accessToken']}"})
+    assert me.status == 401 and me.json["code"] == "session_revoked"
+
+
+async def test_duplicate_cookie_refresh_keeps_the_session(client: Any, app_settings: Any,
+                                                         make_user: Any,
+                                                         db_session: Any) -> None:
+    """Two tabs refresh with the same cookie at once: both succeed with one successor."""
+    _, pair = await _pair(make_user, db_session, app_settings)
+    headers = _cookie_headers(pair["refreshToken"], **{"User-Agent": "tab"})
+    responses = await asyncio.gather(*(client.post("/auth/refresh", headers=headers)
+                                       for _ in range(3)))
+    assert [r.status for _, r in responses] == [200, 200, 200]
+    cookies = {r.headers["set-cookie"].split(";")[0] for _, r in responses}
+    assert len(cookies) == 1
+    for _, response in responses:
+        assert response.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize("body", [None, b"{oops"])
+async def test_token_answers_are_not_cacheable(client: Any, app_settings: Any, make_user: Any,
+                                               db_session: Any, body: bytes | None) -> None:
+    _, pair = await _pair(make_user, db_session, app_settings)
+    if body is None:
+        _, response = await client.post("/auth/refresh",
+                                         json={"refreshToken": pair["refreshToken"]})
+        assert response.status == 200
+    else:
+        _, response = await client.post("/auth/refresh", content=body,
+                                         headers={"Content-Type": "application/json"})
+        assert response.status == 400
+    assert response.headers["cache-control"] == "no-store"
 
 
 async def test_logout_with_another_users_refresh_token_is_refused(

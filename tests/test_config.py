@@ -35,7 +35,8 @@ def env_with(**changes: str) -> dict[str, str]:
 def production_env(**changes: str) -> dict[str, str]:
     base = {"APP_ENV": "production", "CORS_ORIGIN": "https://app.example.com",
             "DATABASE_URL": "postgres://app:pw@db.example.com:5432/app",
-            "GOOGLE_TOKEN_ENCRYPTION_KEY": "k" * 40, "LOG_LEVEL": "info"}
+            "GOOGLE_TOKEN_ENCRYPTION_KEY": "k" * 40, "LOG_LEVEL": "info",
+            "GOOGLE_REDIRECT_URI": "https://app.example.com/auth/google/callback"}
     return env_with(**{**base, **changes})
 
 
@@ -57,7 +58,9 @@ def test_valid_environment_loads_typed_values() -> None:
 def test_defaults_match_the_seed() -> None:
     settings = load_settings(dict(VALID_ENV), env_file=None)
     assert settings.openai_model == "gpt-4o-mini"
-    assert settings.jwt_expires_in == 24 * 3600
+    # Short-lived access tokens (issue 10): the page renews them with the refresh cookie.
+    assert settings.jwt_expires_in == 15 * 60
+    assert settings.refresh_reuse_grace_seconds == 10
     assert settings.jwt_refresh_expires_in == 7 * 86400
     assert settings.rate_limit_window_ms == 900000
     assert settings.rate_limit_max_requests == 100
@@ -153,8 +156,14 @@ def test_production_requires_token_encryption_key() -> None:
     del env["GOOGLE_TOKEN_ENCRYPTION_KEY"]
     assert any(e.startswith("Required environment variable GOOGLE_TOKEN_ENCRYPTION_KEY")
                for e in errors_for(env))
-    assert ("GOOGLE_TOKEN_ENCRYPTION_KEY must be at least 32 characters long"
-            in errors_for(production_env(GOOGLE_TOKEN_ENCRYPTION_KEY="short")))
+    assert any(e.startswith("GOOGLE_TOKEN_ENCRYPTION_KEY must be at least 32 characters long")
+               for e in errors_for(production_env(GOOGLE_TOKEN_ENCRYPTION_KEY="short")))
+    assert any(e.startswith("GOOGLE_TOKEN_ENCRYPTION_KEY must be at least 32 characters long")
+               for e in errors_for(production_env(
+                   GOOGLE_TOKEN_ENCRYPTION_KEY="n" * 40 + ",short")))
+    # A rotation: new key first, old key after; both long enough.
+    assert load_settings(production_env(GOOGLE_TOKEN_ENCRYPTION_KEY="n" * 40 + "," + "o" * 40),
+                         env_file=None).is_production
 
 
 def test_development_allows_what_production_forbids() -> None:
@@ -183,16 +192,58 @@ def test_development_allows_what_production_forbids() -> None:
     ("METRICS_ALLOWED_CIDRS", "300.1.1.1", "METRICS_ALLOWED_CIDRS: '300.1.1.1' is not an IP"),
     ("APP_ENV", "prod", "APP_ENV: 'prod' must be one of"),
     ("LOG_LEVEL", "verbose", "LOG_LEVEL: 'verbose' must be one of"),
-    ("DATABASE_URL", "mysql://u:hunter2@db/app", "DATABASE_URL: 'mysql://u:***@db/app' must"),
-    ("REDIS_URL", "http://:hunter2@cache:6379", "REDIS_URL: 'http://:***@cache:6379' must"),
+    # URLs in messages: scheme and host only, never credentials, port, path or query.
+    ("DATABASE_URL", "mysql://u:hunter2@db/app", "DATABASE_URL: 'mysql://db' must"),
+    ("REDIS_URL", "http://:hunter2@cache:6379", "REDIS_URL: 'http://cache' must"),
     ("OPENAI_BASE_URL", "ftp://models", "OPENAI_BASE_URL: 'ftp://models' must be an http(s)"),
-    ("GOOGLE_REDIRECT_URI", "/callback", "GOOGLE_REDIRECT_URI: '/callback' must be an http(s)"),
+    ("GOOGLE_REDIRECT_URI", "/callback", "GOOGLE_REDIRECT_URI: '<not a URL>' must be an http("),
     ("CORS_ORIGIN", "example.com", "CORS_ORIGIN: 'example.com' must be an origin"),
     ("CORS_ORIGIN", "https://a.example/path", "CORS_ORIGIN: 'https://a.example/path' must be"),
 ])
 def test_wrong_values_name_the_variable(name: str, value: str, expected: str) -> None:
     errors = errors_for(env_with(**{name: value}))
     assert any(e.startswith(expected) for e in errors), errors
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("TRUSTED_PROXIES", "10.0.0.1/32,0.0.0.0/0",
+     "TRUSTED_PROXIES must not contain 0.0.0.0/0 (every address) in production"),
+    ("TRUSTED_PROXIES", "::/0", "TRUSTED_PROXIES must not contain ::/0"),
+    ("METRICS_ALLOWED_CIDRS", "0.0.0.0/0", "METRICS_ALLOWED_CIDRS must not contain 0.0.0.0/0"),
+    ("METRICS_ALLOWED_CIDRS", "127.0.0.0/8,::/0", "METRICS_ALLOWED_CIDRS must not contain ::/0"),
+    ("GOOGLE_DISCOVERY_URL", "http://idp.example/.well-known/openid-configuration",
+     "GOOGLE_DISCOVERY_URL: 'http://idp.example' must use https:// in production"),
+    ("GOOGLE_REDIRECT_URI", "https://localhost/auth/google/callback",
+     "GOOGLE_REDIRECT_URI: 'https://localhost' must not point to localhost in production"),
+    ("GOOGLE_REDIRECT_URI", "http://127.0.0.1:3000/cb",
+     "GOOGLE_REDIRECT_URI: 'http://127.0.0.1' must use https:// in production"),
+])
+def test_production_refuses_unsafe_values(name: str, value: str, expected: str) -> None:
+    errors = errors_for(production_env(**{name: value}))
+    assert any(e.startswith(expected) for e in errors), errors
+    # The same values are accepted outside production (local development, tests).
+    load_settings(env_with(**{name: value}), env_file=None)
+
+
+def test_access_lifetime_longer_than_refresh_lifetime_is_refused() -> None:
+    errors = errors_for(env_with(JWT_EXPIRES_IN="8d", JWT_REFRESH_EXPIRES_IN="7d"))
+    assert "JWT_EXPIRES_IN must not be longer than JWT_REFRESH_EXPIRES_IN" in errors
+
+
+@pytest.mark.parametrize("url", [
+    "https://user:hunter2@idp.example/.well-known/openid-configuration",
+    "ftp://user:hunter2@idp.example/x",
+    "http://user:hunter2@idp.example:99999999/x",  # malformed port: urlsplit still parses
+    "https://[user:hunter2@idp.example/x",  # malformed: no host can be printed
+    "hunter2@idp.example/x?token=hunter2",
+])
+def test_url_errors_print_scheme_and_host_only(url: str) -> None:
+    for name in ("GOOGLE_DISCOVERY_URL", "OPENAI_BASE_URL"):
+        try:
+            errors = errors_for(production_env(**{name: url}))
+        except pytest.fail.Exception:
+            continue
+        assert not any("hunter2" in e for e in errors), errors
 
 
 def test_errors_never_echo_url_passwords() -> None:

@@ -87,13 +87,13 @@ TRUSTED = parse_networks(["127.0.0.1/32", "10.0.0.0/8", "::1/128"])
     ("127.0.0.1", "6.6.6.6, 203.0.113.9", "203.0.113.9"),        # client-forged left part
     ("127.0.0.1", "203.0.113.9, 10.1.2.3", "203.0.113.9"),       # two trusted hops
     ("127.0.0.1", "10.9.9.9, 10.1.2.3", "10.9.9.9"),             # all trusted: leftmost
-    ("127.0.0.1", "garbage, 10.1.2.3", "10.1.2.3"),              # junk behind trusted hops
+    ("127.0.0.1", "garbage, 10.1.2.3", "invalid-forwarded-for"),  # junk: untrusted client
     ("127.0.0.1", "203.0.113.9:4711", "203.0.113.9"),            # address with port
     ("::1", "[2001:db8::1]:443", "2001:db8::1"),                 # IPv6 with port
     ("::ffff:127.0.0.1", "203.0.113.9", "203.0.113.9"),          # v4-mapped proxy address
     ("", "203.0.113.9", "203.0.113.9"),                          # UNIX socket: local proxy
     ("", None, "unix-socket"),                                   # UNIX socket, no header
-    ("", "junk", "unix-socket"),
+    ("", "junk", "invalid-forwarded-for"),
 ])
 def test_resolve_client_ip(peer: str, xff: str | None, expected: str) -> None:
     assert resolve_client_ip(peer, xff, TRUSTED) == expected

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import time
+import uuid
 import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,22 +14,27 @@ from typing import Any
 import jwt
 import pytest
 
-from app.auth import tokens
+from app.auth import sessions, tokens
 from app.auth.tokens import (
     AUDIENCE,
     ISSUER,
     InvalidTokenError,
+    RefreshInProgressError,
+    SessionRevokedError,
     TokenExpiredError,
     TokenReusedError,
     TokenRevokedError,
+    check_access_token,
     create_access_token,
     decode_token,
     hash_token,
     issue_token_pair,
+    revoke_family,
     revoke_presented_token,
     revoke_user_tokens,
     rotate_refresh_token,
 )
+from app.cache import create_redis_client
 from app.config import Settings, load_settings
 from app.db.models import RefreshToken
 from tests.conftest import VALID_ENV, replace_settings
@@ -47,7 +53,8 @@ def _b64(data: dict[str, Any]) -> str:
 def _claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
     claims: dict[str, Any] = {"sub": "7", "userId": 7, "scopes": ["user"], "type": "access",
-                              "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600}
+                              "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600,
+                              "fam": str(uuid.uuid4())}
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
 
@@ -172,6 +179,12 @@ async def test_rotation_spends_the_old_token_and_keeps_the_family(
     assert new.family_id == old.family_id and new.used_at is None
 
 
+async def _past_the_grace(token: str) -> None:
+    """Make the spend of `token` older than the refresh grace period."""
+    await RefreshToken.filter(token_hash=hash_token(token)).update(
+        used_at=datetime.now(UTC) - timedelta(minutes=5))
+
+
 async def test_reuse_of_a_spent_token_revokes_the_whole_family(
         app_settings: Any, make_user: Any, db_session: Any) -> None:
     user = await make_user()
@@ -179,6 +192,7 @@ async def test_reuse_of_a_spent_token_revokes_the_whole_family(
         first = await issue_token_pair(user, app_settings)
         other_sign_in = await issue_token_pair(user, app_settings)
         second = await rotate_refresh_token(first["refreshToken"], app_settings)
+        await _past_the_grace(first["refreshToken"])
         with pytest.raises(TokenReusedError):
             await rotate_refresh_token(first["refreshToken"], app_settings)
         family = await RefreshToken.filter(
@@ -193,7 +207,7 @@ async def test_reuse_of_a_spent_token_revokes_the_whole_family(
     assert still_ok["refreshToken"]
 
 
-async def test_concurrent_use_of_one_token_lets_only_one_through(
+async def test_concurrent_use_without_grace_cache_lets_only_one_through(
         app_settings: Any, make_user: Any, db_session: Any) -> None:
     user = await make_user()
     async with db_session():
@@ -201,10 +215,150 @@ async def test_concurrent_use_of_one_token_lets_only_one_through(
         results = await asyncio.gather(
             *(rotate_refresh_token(pair["refreshToken"], app_settings) for _ in range(4)),
             return_exceptions=True)
+        rows = await RefreshToken.filter(user_id=user.id)
     successes = [r for r in results if isinstance(r, dict)]
-    assert len(successes) <= 1
-    assert all(isinstance(r, (TokenReusedError, TokenRevokedError))
-               for r in results if not isinstance(r, dict))
+    assert len(successes) == 1
+    # Without a grace cache (no Redis) the duplicates are told to retry; nothing is revoked.
+    assert all(isinstance(r, RefreshInProgressError) for r in results if not isinstance(r, dict))
+    assert len(rows) == 2 and all(r.revoked_at is None for r in rows)
+
+
+@pytest.fixture
+async def redis(app_settings: Any) -> Any:
+    client = create_redis_client(app_settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_concurrent_refresh_from_one_client_gets_the_same_successor(
+        app_settings: Any, make_user: Any, db_session: Any, redis: Any) -> None:
+    """Two tabs (or the page's retry) refresh at once: both keep the session."""
+    user = await make_user()
+    async with db_session():
+        pair = await issue_token_pair(user, app_settings)
+        results = await asyncio.gather(
+            *(rotate_refresh_token(pair["refreshToken"], app_settings, redis, "ip|browser")
+              for _ in range(4)))
+        rows = await RefreshToken.filter(user_id=user.id)
+        # The shared successor keeps working.
+        later = await rotate_refresh_token(results[0]["refreshToken"], app_settings, redis,
+                                           "ip|browser")
+    assert len({r["refreshToken"] for r in results}) == 1
+    assert len(rows) == 2 and all(r.revoked_at is None for r in rows)
+    assert later["refreshToken"]
+
+
+async def test_grace_does_not_serve_another_client_or_a_late_reuse(
+        app_settings: Any, make_user: Any, db_session: Any, redis: Any) -> None:
+    user = await make_user()
+    async with db_session():
+        pair = await issue_token_pair(user, app_settings)
+        await rotate_refresh_token(pair["refreshToken"], app_settings, redis, "ip|browser")
+        # A stolen copy replayed from elsewhere within the grace period: reuse.
+        with pytest.raises(TokenReusedError):
+            await rotate_refresh_token(pair["refreshToken"], app_settings, redis, "ip2|curl")
+        assert all(r.revoked_at is not None
+                   for r in await RefreshToken.filter(user_id=user.id))
+
+        late = await issue_token_pair(user, app_settings)
+        await rotate_refresh_token(late["refreshToken"], app_settings, redis, "ip|browser")
+        await RefreshToken.filter(token_hash=hash_token(late["refreshToken"])).update(
+            used_at=datetime.now(UTC) - timedelta(seconds=app_settings.refresh_reuse_grace_seconds
+                                                  + 1))
+        # The same client, but after the grace period: reuse as before.
+        with pytest.raises(TokenReusedError):
+            await rotate_refresh_token(late["refreshToken"], app_settings, redis, "ip|browser")
+
+        moved_on = await issue_token_pair(user, app_settings)
+        second = await rotate_refresh_token(moved_on["refreshToken"], app_settings, redis, "c")
+        await rotate_refresh_token(second["refreshToken"], app_settings, redis, "c")
+        # The successor was already spent: the old token is a reuse even within the grace.
+        with pytest.raises(TokenReusedError):
+            await rotate_refresh_token(moved_on["refreshToken"], app_settings, redis, "c")
+
+
+async def test_rotation_racing_a_revocation_never_leaves_a_live_token(
+        app_settings: Any, make_user: Any, db_session: Any) -> None:
+    """A thief rotating while the victim's logout (or reuse detection) revokes the family:
+    whichever wins, no token of the family survives."""
+    user = await make_user()
+    async with db_session():
+        for _ in range(8):
+            pair = await issue_token_pair(user, app_settings)
+            family = decode_token(pair["refreshToken"], app_settings, tokens.REFRESH)["fam"]
+            await asyncio.gather(rotate_refresh_token(pair["refreshToken"], app_settings),
+                                 revoke_family(family), return_exceptions=True)
+            rows = await RefreshToken.filter(family_id=family)
+            assert rows and all(r.revoked_at is not None for r in rows), rows
+
+
+async def test_access_token_names_its_session_and_dies_with_it(
+        app_settings: Any, make_user: Any, db_session: Any, redis: Any) -> None:
+    user = await make_user()
+    async with db_session():
+        pair = await issue_token_pair(user, app_settings)
+        other = await issue_token_pair(user, app_settings)
+        refresh_claims = decode_token(pair["refreshToken"], app_settings, tokens.REFRESH)
+        claims = await check_access_token(pair["accessToken"], app_settings, redis)
+        assert claims["fam"] == refresh_claims["fam"]
+        await revoke_family(claims["fam"], app_settings, redis)
+        with pytest.raises(SessionRevokedError):
+            await check_access_token(pair["accessToken"], app_settings, redis)
+        # Another worker (empty local cache) learns it from Redis ...
+        sessions._revoked_locally.clear()
+        assert await redis.exists(sessions.REVOKED_KEY_PREFIX + claims["fam"])
+        with pytest.raises(SessionRevokedError):
+            await check_access_token(pair["accessToken"], app_settings, redis)
+        # ... and, with Redis unreachable, from the database.
+        sessions._revoked_locally.clear()
+        with pytest.raises(SessionRevokedError):
+            await check_access_token(pair["accessToken"], app_settings, None)
+        assert await check_access_token(other["accessToken"], app_settings, redis)
+
+
+async def test_reuse_detection_kills_the_access_tokens_of_the_family(
+        app_settings: Any, make_user: Any, db_session: Any, redis: Any) -> None:
+    user = await make_user()
+    async with db_session():
+        pair = await issue_token_pair(user, app_settings)
+        stolen = await rotate_refresh_token(pair["refreshToken"], app_settings, redis, "thief")
+        await RefreshToken.filter(token_hash=hash_token(pair["refreshToken"])).update(
+            used_at=datetime.now(UTC) - timedelta(minutes=5))
+        with pytest.raises(TokenReusedError):
+            await rotate_refresh_token(pair["refreshToken"], app_settings, redis, "victim")
+        sessions._revoked_locally.clear()
+        for token in (pair["accessToken"], stolen["accessToken"]):
+            with pytest.raises(SessionRevokedError):
+                await check_access_token(token, app_settings, redis)
+
+
+def test_access_token_without_a_session_is_invalid(settings: Any) -> None:
+    token = _sign(_claims(fam=None), settings.jwt_secret)
+    with pytest.raises(InvalidTokenError):
+        decode_token(token, settings, tokens.ACCESS)
+    with pytest.raises(InvalidTokenError):
+        decode_token(_sign(_claims(fam="not-a-uuid"), settings.jwt_secret), settings,
+                     tokens.ACCESS)
+
+
+@pytest.mark.parametrize("claim", ["iat", "nbf"])
+def test_small_clock_skew_is_tolerated(settings: Any, claim: str) -> None:
+    """A token minted by an app host whose clock is a few seconds ahead."""
+    now = int(time.time())
+    ahead = _sign(_claims(**{claim: now + 20}), settings.jwt_secret)
+    assert decode_token(ahead, settings, tokens.ACCESS)["sub"] == "7"
+    far = _sign(_claims(**{claim: now + 300}), settings.jwt_secret)
+    with pytest.raises(InvalidTokenError):
+        decode_token(far, settings, tokens.ACCESS)
+
+
+def test_skew_leeway_does_not_extend_the_lifetime(settings: Any) -> None:
+    now = int(time.time())
+    with pytest.raises(TokenExpiredError):
+        decode_token(_sign(_claims(iat=now - 100, exp=now - 5), settings.jwt_secret),
+                     settings, tokens.ACCESS)
+    with pytest.raises(InvalidTokenError):
+        decode_token(_sign(_claims(exp="soon"), settings.jwt_secret), settings, tokens.ACCESS)
 
 
 async def test_expired_refresh_token(app_settings: Any, make_user: Any,
@@ -250,7 +404,8 @@ async def test_logout_revocation(app_settings: Any, make_user: Any, db_session: 
         b1 = await issue_token_pair(bob, app_settings)
         with pytest.raises(InvalidTokenError):  # not Bob's token to revoke
             await revoke_presented_token(a1["refreshToken"], bob.id, app_settings)
-        assert await revoke_presented_token(a1["refreshToken"], alice.id, app_settings) == 1
+        assert await revoke_presented_token(a1["refreshToken"], alice.id,
+                                            app_settings) == (alice.id, 1)
         with pytest.raises(TokenRevokedError):
             await rotate_refresh_token(a1["refreshToken"], app_settings)
         a2_next = await rotate_refresh_token(a2["refreshToken"], app_settings)

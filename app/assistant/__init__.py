@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 from sanic import Sanic
 
@@ -12,11 +14,20 @@ from app.http import httpx_tls_context
 GMAIL_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
 
 
+def quiet_http_client_logs() -> None:
+    """httpx logs every request URL at INFO: for Gmail that is the user's private search
+    terms (q=...) and message ids. Only its warnings and errors reach our logs."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def setup_assistant(app: Sanic, settings: Settings) -> None:
+    from app.assistant import drafts  # noqa: F401 - registers the /api/drafts routes on bp
     from app.assistant.agents import default_registry
     from app.assistant.conversations import bp
     from app.assistant.llm import ModelClient
 
+    quiet_http_client_logs()
     app.blueprint(bp)
     app.ctx.agents = default_registry()
     app.ctx.llm = None

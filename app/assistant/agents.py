@@ -32,6 +32,8 @@ class AgentContext:
     model: ModelClient
     on_token: TokenCallback | None = None
     on_event: EventCallback | None = None
+    # The conversation of this turn (draft proposals are linked to it).
+    conversation_id: Any = None
 
     async def event(self, name: str, data: dict[str, Any]) -> None:
         if self.on_event is not None:

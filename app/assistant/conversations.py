@@ -28,6 +28,7 @@ from tortoise.transactions import in_transaction
 
 from app.assistant.agents import AgentContext, AgentRegistry, AgentResult
 from app.assistant.llm import AssistantError, ModelClient, not_configured
+from app.assistant.quota import spend_model_call
 from app.auth.decorators import require_auth
 from app.db.models import Conversation, Message, MessageRole, MessageStatus, User
 from app.errors import json_error
@@ -35,6 +36,9 @@ from app.errors import json_error
 MAX_MESSAGE_CHARS = 32_000
 MAX_TITLE_CHARS = 255
 HISTORY_LIMIT = 40
+# Estimated tokens of history sent to the model (the newest messages are kept): the
+# context window and the cost of a turn stay bounded however long a conversation gets.
+HISTORY_TOKEN_BUDGET = 24_000
 LIST_LIMIT_MAX = 100
 
 bp = Blueprint("assistant", url_prefix="/api")
@@ -106,8 +110,48 @@ def _not_found() -> HTTPResponse:
     return json_error(404, "Conversation not found", "not_found")
 
 
-def history_for_model(messages: list[Message], *, include_tools: bool) -> list[dict[str, Any]]:
-    """Stored messages as OpenAI chat messages: completed ones only, newest HISTORY_LIMIT.
+def _repair_tool_steps(out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep only complete tool rounds: an assistant message with tool_calls must be followed
+    by one tool result per call (the OpenAI API rejects anything else, and then every later
+    turn of the conversation would fail). A round cut short by a failure is dropped, as are
+    tool results without their call."""
+    repaired: list[dict[str, Any]] = []
+    i = 0
+    while i < len(out):
+        message = out[i]
+        if message["role"] == "assistant" and message.get("tool_calls"):
+            ids = [c.get("id") for c in message["tool_calls"] if isinstance(c, dict)]
+            j = i + 1
+            results: list[dict[str, Any]] = []
+            while j < len(out) and out[j]["role"] == "tool":
+                results.append(out[j])
+                j += 1
+            answered = {r.get("tool_call_id") for r in results}
+            if ids and all(call_id in answered for call_id in ids):
+                repaired.append(message)
+                repaired.extend(r for r in results if r.get("tool_call_id") in ids)
+            i = j
+            continue
+        if message["role"] == "tool":
+            i += 1  # a result without its call
+            continue
+        repaired.append(message)
+        i += 1
+    return repaired
+
+
+def estimated_tokens(message: dict[str, Any]) -> int:
+    """A cheap upper-ish estimate (about 4 characters per token, plus overhead)."""
+    size = len(str(message.get("content") or ""))
+    if message.get("tool_calls"):
+        size += len(json.dumps(message["tool_calls"]))
+    return size // 4 + 8
+
+
+def history_for_model(messages: list[Message], *, include_tools: bool,
+                      token_budget: int = HISTORY_TOKEN_BUDGET) -> list[dict[str, Any]]:
+    """Stored messages as OpenAI chat messages: completed ones only, newest HISTORY_LIMIT,
+    and no more than `token_budget` (estimated) tokens — the newest messages win.
 
     Without tools (general agent), tool calls and their outputs are left out: email
     content then never reaches a prompt that did not ask for it.
@@ -127,7 +171,16 @@ def history_for_model(messages: list[Message], *, include_tools: bool) -> list[d
         elif message.role == MessageRole.TOOL and include_tools:
             out.append({"role": "tool", "tool_call_id": message.tool_call_id,
                         "content": message.content})
-    out = out[-HISTORY_LIMIT:]
+    out = _repair_tool_steps(out)[-HISTORY_LIMIT:]
+    kept: list[dict[str, Any]] = []
+    spent = 0
+    for message in reversed(out):
+        cost = estimated_tokens(message)
+        if kept and spent + cost > token_budget:
+            break
+        kept.append(message)
+        spent += cost
+    out = kept[::-1]
     # Never start with a tool output or an assistant turn whose question was cut off.
     while out and out[0]["role"] != "user":
         out.pop(0)
@@ -299,6 +352,7 @@ async def _persist_result(conversation: Conversation, agent_name: str,
 @openapi.response(400, description="invalid_json, invalid_body, validation_error, unknown_agent")
 @openapi.response(404, description="not_found")
 @openapi.response(413, description="message_too_large")
+@openapi.response(429, description="quota_exceeded (per-user message quota; Retry-After)")
 @openapi.response(502, description="upstream_error: the model service failed")
 @openapi.response(503, description="upstream_rate_limited or assistant_not_configured")
 @openapi.response(504, description="upstream_timeout")
@@ -323,6 +377,13 @@ async def post_message(request: Request, conversation_id: UUID) -> HTTPResponse 
     if model is None:
         error = not_configured()
         return json_error(error.status, error.message, error.code)
+    retry_after = await spend_model_call(getattr(request.app.ctx, "redis", None),
+                                         request.ctx.user_id, request.app.config.SETTINGS)
+    if retry_after is not None:
+        response = json_error(429, "You have sent too many messages; try again later",
+                              "quota_exceeded", retryAfter=retry_after)
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     user = await User.get_or_none(id=request.ctx.user_id)
     if user is None:
         return json_error(401, "The user of this token no longer exists", "unauthorized")
@@ -352,12 +413,19 @@ async def post_message(request: Request, conversation_id: UUID) -> HTTPResponse 
             await stream.send(name, data)
 
     ctx = AgentContext(app=request.app, user=user, model=model,
-                       on_token=on_token if streaming else None, on_event=on_event)
+                       on_token=on_token if streaming else None, on_event=on_event,
+                       conversation_id=conversation.id)
 
     async def complete_turn() -> tuple[Message, str | None] | AssistantError:
         try:
             result = await registry.run(agent, ctx, history)
-        except AssistantError as exc:
+        except Exception as exc:
+            if not isinstance(exc, AssistantError):
+                # A bug or an unexpected failure inside the turn: logged with its traceback,
+                # answered as an error (an `error` event when streaming), never a cut stream.
+                log.exception("agent %s failed", agent_name)
+                exc = AssistantError(502, "agent_error",
+                                     "The assistant failed to answer. Please try again.")
             await Message.create(conversation_id=conversation.id, role=MessageRole.ASSISTANT,
                                  content=exc.message, status=MessageStatus.ERROR,
                                  agent=agent_name)

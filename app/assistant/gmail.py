@@ -22,6 +22,9 @@ import httpx
 # otherwise eat the whole context window (and cost).
 MAX_BODY_CHARS = 6000
 MAX_SEARCH_RESULTS = 20
+# A thread read is capped too: its newest messages, and at most this much body text.
+MAX_THREAD_MESSAGES = 15
+MAX_THREAD_CHARS = 24_000
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _TAG_RE = re.compile(r"<[^>]+>")
 
@@ -46,10 +49,15 @@ def _b64url_decode(data: str) -> bytes:
     return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
+
+
 def _header(payload: dict[str, Any], name: str) -> str:
+    """A header value as one clean line: CR, LF and other control characters (which a
+    hostile sender can smuggle into Subject or Message-ID) become a space."""
     for header in payload.get("headers", []) or []:
         if str(header.get("name", "")).lower() == name.lower():
-            return str(header.get("value", ""))
+            return _CONTROL_RE.sub(" ", str(header.get("value", ""))).strip()
     return ""
 
 
@@ -151,42 +159,67 @@ class GmailClient:
         return {**self._summary(resource), "body": _body_text(resource.get("payload") or {})}
 
     async def get_thread(self, thread_id: str) -> dict[str, Any]:
+        """The newest MAX_THREAD_MESSAGES messages, bodies within MAX_THREAD_CHARS in all."""
         thread_id = validate_id(thread_id, "thread id")
         resource = await self._request("GET", f"/threads/{thread_id}", params={"format": "full"})
-        return {"id": resource.get("id"), "messages": [
-            {**self._summary(m), "body": _body_text(m.get("payload") or {})}
-            for m in resource.get("messages") or []]}
+        all_messages = [m for m in resource.get("messages") or [] if isinstance(m, dict)]
+        newest = all_messages[-MAX_THREAD_MESSAGES:]
+        budget = MAX_THREAD_CHARS
+        messages: list[dict[str, Any]] = []
+        for m in reversed(newest):  # the newest keep their text first
+            body = _body_text(m.get("payload") or {})
+            entry = self._summary(m)
+            if len(body) > budget:
+                body = body[:max(budget, 0)]
+                entry["bodyTruncated"] = True
+            budget -= len(body)
+            messages.append({**entry, "body": body})
+        return {"id": resource.get("id"), "messages": messages[::-1],
+                "omittedMessages": len(all_messages) - len(newest)}
 
-    async def create_draft_reply(self, message_id: str, body: str) -> dict[str, Any]:
-        """A draft answering `message_id`, addressed to its sender (Reply-To if set).
+    async def prepare_reply(self, message_id: str) -> dict[str, Any]:
+        """Recipient, subject and threading headers of a reply to `message_id`.
 
-        The recipient comes from the original message, never from the model, so an
-        injected instruction cannot redirect a draft to someone else.
+        The recipient is the original From address: not Reply-To (the sender controls it,
+        so a hostile email could point it anywhere) and never an address the model chose.
         """
         message_id = validate_id(message_id, "message id")
         original = await self._request(
             "GET", f"/messages/{message_id}",
             params=[("format", "metadata"), *[("metadataHeaders", h) for h in (
-                "From", "Reply-To", "Subject", "Message-ID", "References")]])
+                "From", "Subject", "Message-ID", "References")]])
         payload = original.get("payload") or {}
-        addresses = getaddresses([_header(payload, "Reply-To") or _header(payload, "From")])
+        addresses = getaddresses([_header(payload, "From")])
         recipient = next((addr for _, addr in addresses if "@" in addr), "")
         if not recipient:
             raise GmailError(422, "The original message has no address to reply to")
         subject = _header(payload, "Subject")
         if not subject.lower().startswith("re:"):
             subject = f"Re: {subject}".strip()
-        draft = EmailMessage()
-        draft["To"] = recipient
-        draft["Subject"] = subject
-        draft["Date"] = formatdate(usegmt=True)
         original_id = _header(payload, "Message-ID")
-        if original_id:
-            draft["In-Reply-To"] = original_id
-            draft["References"] = f"{_header(payload, 'References')} {original_id}".strip()
-        draft.set_content(body)
-        raw = base64.urlsafe_b64encode(draft.as_bytes()).decode().rstrip("=")
-        created = await self._request("POST", "/drafts", json={
-            "message": {"raw": raw, "threadId": original.get("threadId")}})
-        return {"draftId": created.get("id"), "to": recipient, "subject": subject,
-                "threadId": original.get("threadId")}
+        references = f"{_header(payload, 'References')} {original_id}".strip()
+        return {"messageId": message_id, "threadId": str(original.get("threadId") or ""),
+                "to": recipient, "subject": subject[:998], "inReplyTo": original_id[:998],
+                "references": references if original_id else ""}
+
+    async def create_draft(self, *, to: str, subject: str, body: str, thread_id: str = "",
+                           in_reply_to: str = "", references: str = "") -> dict[str, Any]:
+        """Save a draft (after the user approved it). Never sends."""
+        draft = EmailMessage()
+        try:
+            draft["To"] = to
+            draft["Subject"] = subject
+            draft["Date"] = formatdate(usegmt=True)
+            if in_reply_to:
+                draft["In-Reply-To"] = in_reply_to
+                draft["References"] = references or in_reply_to
+            draft.set_content(body)
+            raw = base64.urlsafe_b64encode(draft.as_bytes()).decode().rstrip("=")
+        except (ValueError, TypeError) as exc:
+            raise GmailError(422, "The draft has an invalid header or body") from exc
+        message: dict[str, Any] = {"raw": raw}
+        if thread_id:
+            message["threadId"] = thread_id
+        created = await self._request("POST", "/drafts", json={"message": message})
+        return {"draftId": created.get("id"), "to": to, "subject": subject,
+                "threadId": thread_id or None}

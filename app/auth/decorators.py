@@ -1,7 +1,8 @@
 """`@require_auth()` / `@require_auth(scopes=[...])` for route handlers.
 
 Sets request.ctx.user_id (int) and request.ctx.claims. Failures answer JSON 401/403 with a
-WWW-Authenticate header (RFC 6750); the token itself is never logged or echoed.
+WWW-Authenticate header (RFC 6750); the token itself is never logged or echoed. A token of
+a revoked session (logout, reuse detection) is refused like an invalid one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, TypeVar, cast
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from app.auth.tokens import ACCESS, TokenError, decode_token
+from app.auth.tokens import TokenError, check_access_token
 from app.config import settings_from
 from app.errors import json_error
 
@@ -52,7 +53,8 @@ def require_auth(scopes: Sequence[str] | None = None) -> Callable[[Handler], Han
                 return _unauthorized("Authentication required", "auth_required", None)
             settings = settings_from(request.app.config)
             try:
-                claims = decode_token(token, settings, ACCESS)
+                claims = await check_access_token(token, settings,
+                                                  getattr(request.app.ctx, "redis", None))
             except TokenError as exc:
                 return _unauthorized(exc.message, exc.code, "invalid_token")
             missing = [scope for scope in required if scope not in claims["scopes"]]

@@ -449,7 +449,8 @@ async def _validated_callback(request: Request) -> tuple[dict[str, Any], dict[st
         raise GoogleAuthError(403, "google_email_missing",
                               "Google did not share your email address, which is needed "
                               "to sign in.")
-    if claims.get("email_verified") is False:
+    if claims.get("email_verified") is not True:
+        # Missing, "true" or 1 is not proof: the address links accounts (upsert_google_user).
         raise GoogleAuthError(403, "google_email_unverified",
                               "Your Google email address is not verified.")
     if not token.get("scope"):

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -64,19 +64,26 @@ def _fernet_from_secret(secret: str, info: bytes) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(raw))
 
 
-def token_cipher(settings: Settings) -> Fernet:
+def encryption_keys(settings: Settings) -> list[str]:
+    """GOOGLE_TOKEN_ENCRYPTION_KEY as a list: the first key encrypts, every key decrypts."""
+    return [k.strip() for k in settings.google_token_encryption_key.split(",") if k.strip()]
+
+
+def token_cipher(settings: Settings) -> MultiFernet:
     """The Fernet (AES-128-CBC + HMAC-SHA256) cipher for stored Google tokens.
 
     Production requires GOOGLE_TOKEN_ENCRYPTION_KEY (app.config validates it); elsewhere a
-    key is derived from JWT_SECRET so a developer needs one secret less.
+    key is derived from JWT_SECRET so a developer needs one secret less. Several keys
+    (comma-separated) make a MultiFernet: key rotation without unreadable tokens.
     """
-    if settings.google_token_encryption_key:
-        return _fernet_from_secret(settings.google_token_encryption_key, _KEY_INFO)
+    keys = encryption_keys(settings)
+    if keys:
+        return MultiFernet([_fernet_from_secret(key, _KEY_INFO) for key in keys])
     if settings.is_production:
         raise RuntimeError("GOOGLE_TOKEN_ENCRYPTION_KEY is required in production")
     if not settings.jwt_secret:
         raise RuntimeError("JWT_SECRET or GOOGLE_TOKEN_ENCRYPTION_KEY must be set")
-    return _fernet_from_secret(settings.jwt_secret, _DERIVED_KEY_INFO)
+    return MultiFernet([_fernet_from_secret(settings.jwt_secret, _DERIVED_KEY_INFO)])
 
 
 def encrypt_token(settings: Settings, token: str) -> str:

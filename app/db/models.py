@@ -30,6 +30,7 @@ class User(Model):
 
     refresh_tokens: fields.ReverseRelation[RefreshToken]
     conversations: fields.ReverseRelation[Conversation]
+    draft_proposals: fields.ReverseRelation[DraftProposal]
 
     class Meta:
         table = "users"
@@ -111,3 +112,40 @@ class Message(Model):
         # A conversation's history is read in order.
         indexes = (Index(fields=("conversation_id", "created_at"),
                          name="idx_messages_conversation_created"),)
+
+
+class DraftStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class DraftProposal(Model):
+    # A reply the email agent proposes. Nothing reaches Gmail until the user approves it in
+    # the page (POST /api/drafts/<id>/approve), possibly after editing recipient, subject
+    # and body. The recipient starts as the original message's From address (never its
+    # Reply-To or an address the model chose).
+
+    id = fields.UUIDField(primary_key=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="draft_proposals", on_delete=fields.CASCADE)
+    user_id: int
+    conversation: fields.ForeignKeyNullableRelation[Conversation] = fields.ForeignKeyField(
+        "models.Conversation", related_name=False, null=True, on_delete=fields.SET_NULL)
+    conversation_id: uuid.UUID | None
+    gmail_message_id = fields.CharField(max_length=128)
+    gmail_thread_id = fields.CharField(max_length=128, default="")
+    recipient = fields.CharField(max_length=320)
+    subject = fields.CharField(max_length=998, default="")
+    body = fields.TextField()
+    in_reply_to = fields.CharField(max_length=998, default="")
+    references_header = fields.TextField(default="")
+    status = fields.CharEnumField(DraftStatus, max_length=16, default=DraftStatus.PENDING)
+    gmail_draft_id = fields.CharField(max_length=128, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    decided_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "draft_proposals"
+        indexes = (Index(fields=("user_id", "status", "created_at"),
+                         name="idx_draft_proposals_user_status"),)

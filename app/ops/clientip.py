@@ -42,6 +42,10 @@ def is_trusted(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
 
 
 UNIX_SOCKET_PEER = "unix-socket"
+# The client behind a hop that is not an address: unknown, so never a trusted or allowed
+# address (not the proxy itself, whose loopback address is on the metrics allow-list). All
+# such requests share one rate-limit bucket.
+INVALID_FORWARDED_CLIENT = "invalid-forwarded-for"
 
 
 def resolve_client_ip(peer: str, forwarded_for: str | None,
@@ -55,8 +59,9 @@ def resolve_client_ip(peer: str, forwarded_for: str | None,
         for hop in reversed([h for h in forwarded_for.split(",") if h.strip()]):
             address = parse_ip(hop)
             if address is None:
-                # A trusted proxy passed on garbage: the last address we can vouch for wins.
-                break
+                # A trusted proxy passed on something that is not an address: the client
+                # is unknown and untrusted.
+                return INVALID_FORWARDED_CLIENT
             current = address
             if not is_trusted(address, trusted):
                 break

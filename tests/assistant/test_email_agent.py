@@ -33,8 +33,11 @@ def _non_tool_text(request: dict[str, Any]) -> str:
 async def test_search_read_and_draft_reply_never_sends(
         client: Any, gmail_user: Any, auth_headers: Any, new_conversation: Any,
         fake_openai: FakeOpenAI, fake_gmail: FakeGmail, stored_messages: Any) -> None:
+    # Reply-To is the sender's to choose: the proposal still goes to the From address.
     bob = fake_gmail.add_email("Bob <bob@example.com>", "Lunch tomorrow?",
-                               "Shall we meet at noon at the usual place?")
+                               "Shall we meet at noon at the usual place?",
+                               extra_headers=[{"name": "Reply-To",
+                                               "value": "collector@elsewhere.example"}])
     fake_gmail.add_email("Newsletter <news@example.com>", "Weekly news", "Lots of news",
                          unread=False)
     user = await gmail_user()
@@ -58,6 +61,23 @@ async def test_search_read_and_draft_reply_never_sends(
         "Let me look. I saved a draft reply to Bob in your Drafts.")
     assert events[-1][0] == "done"
 
+    # The agent only proposed: nothing is in Gmail until the user approves in the page.
+    assert fake_gmail.drafts == []
+    [proposal] = [d for n, d in events if n == "proposal"]
+    assert proposal["to"] == "bob@example.com" and proposal["status"] == "pending"
+    assert proposal["subject"] == "Re: Lunch tomorrow?"
+    assert proposal["body"] == "Noon works for me!"
+    _, listed = await client.get("/api/drafts", headers=auth_headers(user))
+    assert [d["id"] for d in listed.json["drafts"]] == [proposal["id"]]
+    _, approved = await client.post(f"/api/drafts/{proposal['id']}/approve", json={},
+                                    headers=auth_headers(user))
+    assert approved.status == 200, approved.text
+    assert approved.json["draft"]["status"] == "approved"
+    assert approved.json["draft"]["gmailDraftId"]
+    _, twice = await client.post(f"/api/drafts/{proposal['id']}/approve", json={},
+                                 headers=auth_headers(user))
+    assert twice.status == 409 and twice.json["code"] == "already_decided"
+
     # The draft exists, is a reply to Bob's message in its thread, and nothing was sent.
     assert len(fake_gmail.drafts) == 1
     draft = fake_gmail.drafts[0]
@@ -76,7 +96,7 @@ async def test_search_read_and_draft_reply_never_sends(
     outputs = _tool_outputs(requests[3])
     assert [o["id"] for o in outputs[0]["data"]] == [bob.id]  # search: only Bob's unread
     assert outputs[1]["data"]["body"] == "Shall we meet at noon at the usual place?"
-    assert outputs[2]["draftCreated"]["to"] == "bob@example.com"
+    assert outputs[2]["to"] == "bob@example.com" and outputs[2]["savedToGmail"] is False
     # Email content reached the model only as tool output.
     assert "usual place" not in _non_tool_text(requests[3])
     assert "untrusted" in requests[0]["messages"][0]["content"].lower()
@@ -139,8 +159,19 @@ async def test_injected_instructions_in_email_cannot_draft_or_send(
     assert fake_gmail.send_attempts == []
     assert not any("send" in r.path for r in fake_gmail.requests)
     requests = fake_openai.chat_requests()
-    refused, unknown_tool, bad_id = _tool_outputs(requests[3])[2:]
-    assert refused["error"].startswith("Refused: the user did not ask for a draft")
+    proposed, unknown_tool, bad_id = _tool_outputs(requests[3])[2:]
+    # The hijacked model could only propose; the page shows it and the user rejects it.
+    assert proposed["savedToGmail"] is False and proposed["to"] == "evil@attacker.example"
+    _, pending = await client.get("/api/drafts", headers=auth_headers(user))
+    [proposal] = pending.json["drafts"]
+    assert proposal["body"] == "password: hunter2"
+    _, rejected = await client.post(f"/api/drafts/{proposal['id']}/reject",
+                                    headers=auth_headers(user))
+    assert rejected.status == 200 and rejected.json["draft"]["status"] == "rejected"
+    _, approve_late = await client.post(f"/api/drafts/{proposal['id']}/approve", json={},
+                                        headers=auth_headers(user))
+    assert approve_late.status == 409
+    assert fake_gmail.drafts == []
     assert "Unknown tool" in unknown_tool["error"]
     assert "Invalid Gmail message id" in bad_id["error"]
     # The injected text only ever travelled as tool output, labelled untrusted.

@@ -386,8 +386,11 @@ async def test_token_endpoint_failures(start_app: StartApp, fake_idp: FakeIdP,
     assert response.status_code == status and response.json()["code"] == code
 
 
-async def test_unverified_email_is_refused(start_app: StartApp, fake_idp: FakeIdP) -> None:
-    fake_idp.claim_overrides["email_verified"] = False
+@pytest.mark.parametrize("verified", [False, None, "true", 1])
+async def test_unverified_email_is_refused(start_app: StartApp, fake_idp: FakeIdP,
+                                           verified: Any) -> None:
+    """Only `email_verified: true` proves the address (None drops the claim)."""
+    fake_idp.claim_overrides["email_verified"] = verified
     live = await start_app(fake_idp_discovery(fake_idp))
     async with live.client() as client:
         response = await idp_sign_in(client)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -141,3 +142,57 @@ async def test_unreachable_provider_on_refresh(start_app: StartApp, fake_idp: Fa
     provider._metadata = {**provider._metadata, "token_endpoint": "http://127.0.0.1:9/token"}
     with pytest.raises(GoogleTokenRefreshFailed):
         await get_google_access_token(await _user("carol@example.com"), live.app)
+
+
+OLD_KEY, NEW_KEY = "o" * 40, "n" * 40
+
+
+def test_key_rotation_new_key_first_old_keys_still_decrypt() -> None:
+    old = settings_with(GOOGLE_TOKEN_ENCRYPTION_KEY=OLD_KEY)
+    rotating = settings_with(GOOGLE_TOKEN_ENCRYPTION_KEY=f"{NEW_KEY},{OLD_KEY}")
+    new_only = settings_with(GOOGLE_TOKEN_ENCRYPTION_KEY=NEW_KEY)
+    stored = encrypt_token(old, "refresh-token")
+    assert decrypt_token(rotating, stored) == "refresh-token"
+    fresh = encrypt_token(rotating, "refresh-token")
+    assert decrypt_token(new_only, fresh) == "refresh-token"  # the first key encrypts
+    with pytest.raises(GoogleNotConnected):
+        decrypt_token(old, fresh)
+
+
+async def test_reencrypt_command_moves_every_token_to_the_first_key(
+        app_settings: Settings, make_user: Any, db_session: Any) -> None:
+    from app.auth.key_rotation import reencrypt_google_tokens
+    from app.db.models import User
+
+    old = dataclasses.replace(app_settings, google_token_encryption_key=OLD_KEY)
+    rotating = dataclasses.replace(app_settings,
+                                   google_token_encryption_key=f"{NEW_KEY},{OLD_KEY}")
+    new_only = dataclasses.replace(app_settings, google_token_encryption_key=NEW_KEY)
+    alice = await make_user(google_access_token_enc=encrypt_token(old, "a-access"),
+                            google_refresh_token_enc=encrypt_token(old, "a-refresh"))
+    broken = await make_user(google_refresh_token_enc="not-a-fernet-token")
+    async with db_session():
+        result = await reencrypt_google_tokens(rotating)
+        alice = await User.get(id=alice.id)
+        broken = await User.get(id=broken.id)
+    assert (result.users, result.tokens, result.unreadable) == (1, 2, 1)
+    assert decrypt_token(new_only, alice.google_access_token_enc) == "a-access"
+    assert decrypt_token(new_only, alice.google_refresh_token_enc) == "a-refresh"
+    assert broken.google_refresh_token_enc == "not-a-fernet-token"  # kept, never deleted
+
+
+def test_reencrypt_command_line(app_settings: Settings, tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "JWT_"))}
+    env.update(VALID_ENV)
+    env.update(DATABASE_URL=app_settings.database_url, REDIS_URL=app_settings.redis_url,
+               GOOGLE_TOKEN_ENCRYPTION_KEY=f"{NEW_KEY},{OLD_KEY}",
+               PYTHONPATH=str(Path(__file__).resolve().parents[2]))  # this checkout's app
+    result = subprocess.run([sys.executable, "-m", "app", "reencrypt-google-tokens"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Re-encrypted 0 Google token(s) of 0 user(s)" in result.stdout

@@ -56,12 +56,15 @@ class FakeEmail:
     labels: list[str] = field(default_factory=lambda: ["INBOX", "UNREAD"])
     internal_date: int = 0  # ms since epoch
     message_id_header: str = ""
+    # More headers as the API returns them, e.g. Reply-To, or hostile values with CR/LF.
+    extra_headers: list[dict[str, str]] = field(default_factory=list)
 
     def headers(self) -> list[dict[str, str]]:
         date = email.utils.formatdate(self.internal_date / 1000, usegmt=True)
         return [{"name": "From", "value": self.sender}, {"name": "To", "value": self.to},
                 {"name": "Subject", "value": self.subject}, {"name": "Date", "value": date},
-                {"name": "Message-ID", "value": self.message_id_header}]
+                {"name": "Message-ID", "value": self.message_id_header},
+                *self.extra_headers]
 
 
 @dataclass
@@ -97,13 +100,15 @@ class FakeGmail(FakeServer):
 
     # -- test setup ------------------------------------------------------------------------
     def add_email(self, sender: str, subject: str, body: str, *, thread_id: str | None = None,
-                  unread: bool = True, to: str = "me@example.com") -> FakeEmail:
+                  unread: bool = True, to: str = "me@example.com",
+                  extra_headers: list[dict[str, str]] | None = None) -> FakeEmail:
         message_id = f"{next(self._ids):x}"
         mail = FakeEmail(sender=sender, subject=subject, body=body, to=to, id=message_id,
                          thread_id=thread_id or message_id,
                          labels=["INBOX", "UNREAD"] if unread else ["INBOX"],
                          internal_date=next(self._clock),
-                         message_id_header=f"<{message_id}@mail.example.com>")
+                         message_id_header=f"<{message_id}@mail.example.com>",
+                         extra_headers=list(extra_headers or []))
         with self.lock:
             self.emails[message_id] = mail
         return mail

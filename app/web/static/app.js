@@ -102,12 +102,17 @@
     $("conversation-list").replaceChildren();
     clearMessages();
     showError("signin-error", message);
+    $("signin-retry-signout").hidden = true;
     show("signedOut");
   }
 
-  async function signOut() {
+  const LOGOUT_PENDING = "assistantapp.logoutPending";
+
+  // Ends the server session. The refresh cookie alone is enough (an expired access token
+  // after sleep must not keep the session alive); 401 means there was no session left.
+  async function endServerSession() {
     try {
-      await fetch("/auth/logout", {
+      const response = await fetch("/auth/logout", {
         method: "POST",
         credentials: "same-origin",
         headers: Object.assign(
@@ -115,14 +120,36 @@
           state.accessToken ? { Authorization: "Bearer " + state.accessToken } : {}),
         body: "{}",
       });
+      return response.ok || response.status === 401;
     } catch (error) {
-      // Signing out locally still works when the server cannot be reached.
+      return false;
     }
-    signedOut("");
+  }
+
+  async function signOut() {
+    const ended = (await endServerSession()) || (await endServerSession());
+    if (ended) {
+      sessionStorage.removeItem(LOGOUT_PENDING);
+      signedOut("");
+      return;
+    }
+    // The server did not confirm: never sign back in silently from this tab, retry the
+    // logout on the next load, and tell the person the session may still be alive.
+    sessionStorage.setItem(LOGOUT_PENDING, "1");
+    signedOut("Signing out could not be confirmed by the server: your session may still be " +
+              "active on this computer. Try signing out again, or close the browser.");
+    $("signin-retry-signout").hidden = false;
   }
 
   async function start() {
-    if (location.hash === "#signed-in") history.replaceState(null, "", location.pathname);
+    if (location.hash === "#signed-in") {
+      history.replaceState(null, "", location.pathname);
+      sessionStorage.removeItem(LOGOUT_PENDING);  // a deliberate new sign-in
+    }
+    if (sessionStorage.getItem(LOGOUT_PENDING)) {
+      await signOut();
+      return;
+    }
     if (!(await refreshAccessToken())) {
       signedOut("");
       return;
@@ -231,6 +258,7 @@
         if (message.status === "error") element.classList.add("failed");
       }
     }
+    if (state.currentId === id) await loadProposals(id);
   }
 
   // --- Messages -----------------------------------------------------------------------
@@ -269,6 +297,92 @@
     element.className = "notice";
     element.textContent = text;
     $("messages").append(element);
+  }
+
+  // --- Draft proposals: nothing reaches Gmail until the user approves here ------------
+
+  function field(labelText, element) {
+    const label = document.createElement("label");
+    label.className = "proposal-field";
+    const span = document.createElement("span");
+    span.textContent = labelText;
+    label.append(span, element);
+    return label;
+  }
+
+  function addProposal(proposal) {
+    $("empty-chat").hidden = true;
+    const card = document.createElement("form");
+    card.className = "proposal";
+    card.dataset.proposalId = proposal.id;
+    const title = document.createElement("p");
+    title.className = "proposal-title";
+    title.textContent = "Proposed reply: review it, edit it if needed, then approve to save it to your Gmail drafts (it is not sent).";
+    const to = document.createElement("input");
+    to.name = "to";
+    to.value = proposal.to || "";
+    const subject = document.createElement("input");
+    subject.name = "subject";
+    subject.value = proposal.subject || "";
+    const body = document.createElement("textarea");
+    body.name = "body";
+    body.rows = 6;
+    body.value = proposal.body || "";
+    const approve = document.createElement("button");
+    approve.type = "submit";
+    approve.className = "approve";
+    approve.textContent = "Approve and save draft";
+    const reject = document.createElement("button");
+    reject.type = "button";
+    reject.className = "reject secondary";
+    reject.textContent = "Discard";
+    const status = document.createElement("p");
+    status.className = "proposal-status";
+    status.hidden = true;
+    const actions = document.createElement("div");
+    actions.className = "proposal-actions";
+    actions.append(approve, reject);
+    card.append(title, field("To", to), field("Subject", subject), field("Message", body),
+                actions, status);
+
+    async function decide(action, payload) {
+      approve.disabled = reject.disabled = true;
+      status.hidden = false;
+      status.textContent = action === "approve" ? "Saving…" : "Discarding…";
+      try {
+        const response = await api("/api/drafts/" + encodeURIComponent(proposal.id) + "/" + action,
+                                    { method: "POST", json: payload || {} });
+        if (!response.ok) throw new Error(await errorMessage(response));
+        for (const input of [to, subject, body]) input.disabled = true;
+        actions.hidden = true;
+        status.textContent = action === "approve"
+          ? "Saved to your Gmail drafts. Nothing was sent."
+          : "Discarded. Nothing was saved to Gmail.";
+        card.classList.add(action === "approve" ? "approved" : "rejected");
+      } catch (error) {
+        if (error.message === "signed out") return;
+        status.textContent = error.message;
+        status.classList.add("error");
+        approve.disabled = reject.disabled = false;
+      }
+    }
+
+    card.addEventListener("submit", (event) => {
+      event.preventDefault();
+      decide("approve", { to: to.value, subject: subject.value, body: body.value });
+    });
+    reject.addEventListener("click", () => decide("reject"));
+    $("messages").append(card);
+    card.scrollIntoView({ block: "end" });
+    return card;
+  }
+
+  async function loadProposals(conversationId) {
+    const response = await api("/api/drafts?status=pending&conversationId=" +
+                               encodeURIComponent(conversationId));
+    if (!response.ok) return;
+    const data = await response.json();
+    for (const proposal of (data.drafts || []).slice().reverse()) addProposal(proposal);
   }
 
   function addMessage(role, text) {
@@ -364,6 +478,10 @@
             const error = event.payload && event.payload.error;
             throw new Error(typeof error === "string" ? error : (error && error.message) || "The assistant failed to answer.");
           }
+          if (event.name === "proposal") {
+            if (event.payload && event.payload.id) addProposal(event.payload);
+            continue;
+          }
           if (event.name === "tool") {
             showStatus("Working: " + ((event.payload && event.payload.name) || "tool") + "…");
             continue;
@@ -400,6 +518,7 @@
   // --- Wiring -------------------------------------------------------------------------
 
   $("sign-out").addEventListener("click", signOut);
+  $("signin-retry-signout").addEventListener("click", signOut);
   $("new-conversation").addEventListener("click", () => {
     showError("chat-error", "");
     createConversation();
