@@ -10,9 +10,9 @@ import os
 import time
 
 from sanic import Request, Sanic
-from sanic.response import HTTPResponse, json
+from sanic.response import HTTPResponse, json, text
 
-from app.ops.supervision import SERVER_PROCESS_PREFIX, setup_supervision
+from app.ops.supervision import SERVER_PROCESS_PREFIX, setup_supervision, worker_gauges
 
 
 def create_app() -> Sanic:
@@ -26,6 +26,10 @@ def create_app() -> Sanic:
         return json({name: {"pid": state.get("pid"), "state": state.get("state")}
                      for name, state in request.app.m.workers.items()
                      if name.startswith(SERVER_PROCESS_PREFIX)})
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> HTTPResponse:
+        return text(worker_gauges(request.app))
 
     @app.get("/pid")
     async def pid(request: Request) -> HTTPResponse:

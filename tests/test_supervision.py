@@ -93,6 +93,12 @@ class Server:
         result: dict[str, dict[str, object]] = response.json()
         return result
 
+    def gauges(self) -> dict[str, int]:
+        response = httpx.get(self.url("/metrics"), timeout=3)
+        response.raise_for_status()
+        return {line.split()[0]: int(line.split()[1]) for line in response.text.splitlines()
+                if line and not line.startswith("#")}
+
     def serving_pids(self) -> set[int]:
         """Pids of workers Sanic reports as serving (ACKED) that are really alive."""
         pids = set()
@@ -147,9 +153,13 @@ def wait_until(predicate, timeout: float, interval: float = 0.05):  # type: igno
 def test_sigkilled_worker_is_replaced_within_5_s(server: Server) -> None:
     pids = wait_until(lambda: len(p := server.serving_pids()) == 2 and p, timeout=10)
     assert pids, server.workers()
+    assert server.gauges() == {"assistantapp_workers_configured": 2,
+                               "assistantapp_workers_serving": 2}
     victim = min(pids)
     killed_at = time.monotonic()
     os.kill(victim, signal.SIGKILL)
+    # /metrics shows the gap (what an alert on too few serving workers reads).
+    assert wait_until(lambda: server.gauges()["assistantapp_workers_serving"] == 1, timeout=3)
 
     def back_to_two() -> set[int] | None:
         current = server.serving_pids()
@@ -161,6 +171,7 @@ def test_sigkilled_worker_is_replaced_within_5_s(server: Server) -> None:
     assert replaced, server.workers()
     assert took <= 5.0
     assert (pids - {victim}) <= replaced  # the other worker was left alone
+    assert server.gauges()["assistantapp_workers_serving"] == 2
     assert server.proc.poll() is None
     # Killing the same slot again works too (the replacement is supervised as well).
     second = (replaced - pids).pop()
@@ -224,7 +235,7 @@ def test_main_process_killed_takes_its_workers_and_the_port_along(server: Server
 def test_sigterm_is_a_clean_stop_not_a_death_to_heal(server: Server) -> None:
     pids = wait_until(lambda: len(p := server.serving_pids()) == 2 and p, timeout=10)
     assert pids
-    os.killpg(server.proc.pid, signal.SIGTERM)
+    os.kill(server.proc.pid, signal.SIGTERM)  # as systemd stops it (KillMode=mixed)
     assert server.proc.wait(timeout=20) == 0
     assert server.notify.times_of("STOPPING=1")
     assert not any(_alive(pid) for pid in pids)

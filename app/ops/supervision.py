@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SOCKET_ENV = "ASSISTANTAPP_HEARTBEAT_SOCKET"
 SUPERVISOR_PID_ENV = "ASSISTANTAPP_SUPERVISOR_PID"
+CONFIGURED_WORKERS_ENV = "ASSISTANTAPP_CONFIGURED_WORKERS"
 # Sanic names its server processes "Sanic-Server-<n>-<i>" (WorkerProcess.SERVER_LABEL).
 SERVER_PROCESS_PREFIX = "Sanic-Server-"
 
@@ -334,7 +335,7 @@ def setup_supervision(app: Sanic) -> None:
     """Wire the supervisor (main process) and the heartbeats (workers) into `app`."""
 
     @app.main_process_start
-    async def open_heartbeat_socket(app: Sanic, _: Any) -> None:
+    async def open_heartbeat_socket(app: Sanic) -> None:
         name = f"@assistantapp-heartbeat-{os.getpid()}-{secrets.token_hex(4)}"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(_socket_address(name))
@@ -344,7 +345,7 @@ def setup_supervision(app: Sanic) -> None:
         os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
 
     @app.main_process_ready
-    async def start_supervisor(app: Sanic, _: Any) -> None:
+    async def start_supervisor(app: Sanic) -> None:
         manager = app.manager
 
         def server_processes() -> list[Any]:
@@ -365,6 +366,8 @@ def setup_supervision(app: Sanic) -> None:
             heartbeat_socket=getattr(app.ctx, "heartbeat_socket", None),
         )
         app.ctx.supervisor = supervisor
+        # For /metrics (worker_gauges): the workers start after this listener.
+        os.environ[CONFIGURED_WORKERS_ENV] = str(manager.num_server)
 
         # A requested shutdown is not a death to heal: stop supervising first, then let
         # Sanic's own handler (installed by the manager) shut the workers down.
@@ -383,7 +386,7 @@ def setup_supervision(app: Sanic) -> None:
         supervisor.start()
 
     @app.main_process_stop
-    async def stop_supervisor(app: Sanic, _: Any) -> None:
+    async def stop_supervisor(app: Sanic) -> None:
         supervisor = getattr(app.ctx, "supervisor", None)
         if supervisor is not None:
             supervisor.stop()
@@ -392,10 +395,36 @@ def setup_supervision(app: Sanic) -> None:
             sock.close()
 
     @app.after_server_start
-    async def start_heartbeat(app: Sanic, _: Any) -> None:
+    async def start_heartbeat(app: Sanic) -> None:
         name = os.environ.get(HEARTBEAT_SOCKET_ENV)
         parent = os.environ.get(SUPERVISOR_PID_ENV)
         if not name or not parent or not os.environ.get("SANIC_WORKER_PROCESS"):
             return  # not a worker of a supervised main process (single process, tests)
         _die_with_parent(int(parent))
         app.add_task(_send_heartbeats(_socket_address(name)), name="supervision-heartbeat")
+
+
+def worker_gauges(app: Sanic) -> str:
+    """Prometheus lines for alerts on "serving no (or too few) workers": Sanic's own view of
+    its server processes (the shared worker state), read from inside a worker. Empty when
+    the app runs without a main process (single process, tests)."""
+    multiplexer = getattr(app, "multiplexer", None)
+    configured = os.environ.get(CONFIGURED_WORKERS_ENV)
+    if multiplexer is None or not configured:
+        return ""
+    try:
+        states = multiplexer.workers
+    except (OSError, EOFError) as exc:  # the main process is going away
+        log.warning("worker state unavailable: %s", exc)
+        return ""
+    serving = sum(1 for name, state in states.items()
+                  if name.startswith(SERVER_PROCESS_PREFIX)
+                  and state.get("state") == ProcessState.ACKED.name)
+    return (
+        "# HELP assistantapp_workers_configured Worker processes this instance should run.\n"
+        "# TYPE assistantapp_workers_configured gauge\n"
+        f"assistantapp_workers_configured {int(configured)}\n"
+        "# HELP assistantapp_workers_serving Worker processes serving right now.\n"
+        "# TYPE assistantapp_workers_serving gauge\n"
+        f"assistantapp_workers_serving {serving}\n"
+    )

@@ -8,29 +8,20 @@ from __future__ import annotations
 import re
 import time
 
-from faults_scenario import STACK_HOST, app_unit, client, deploy_state, status_of, \
-    unit_property, wait_for
+from faults_scenario import (
+    STACK_HOST,
+    app_unit,
+    client,
+    status_of,
+    unit_property,
+    wait_for,
+    worker_pids,
+)
 
 testinfra_hosts = [STACK_HOST]
 
 WORKER_REPLACED_WITHIN_S = 5.0
 HUNG_INSTANCE_RESTARTED_WITHIN_S = 30.0
-
-
-def worker_pids(host, unit: str) -> set[int]:
-    """The instance's workers: the processes besides the main one that hold its listen
-    socket (Sanic's helper processes do not)."""
-    port = deploy_state(host)["live_port"]
-    main_pid = int(unit_property(host, unit, "MainPID"))
-    listing = host.run("ss -Hltnp 'sport = :%s'", str(port)).stdout
-    pids = {int(pid) for pid in re.findall(r"pid=(\d+)", listing)}
-    alive = set()
-    for pid in pids - {main_pid}:
-        stat = host.run("cat /proc/%s/stat", str(pid))
-        # Not a zombie, and not stopped: a SIGSTOPped worker does not serve.
-        if stat.rc == 0 and stat.stdout.split(") ", 1)[1][0] not in "ZT":
-            alive.add(pid)
-    return alive
 
 
 def configured_workers(host) -> int:
