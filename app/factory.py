@@ -24,6 +24,7 @@ from app.ops.logging import setup_logging
 from app.ops.metrics import setup_metrics
 from app.ops.ratelimit import setup_rate_limit
 from app.ops.security import setup_security
+from app.ops.supervision import setup_supervision
 from app.web import setup_web
 
 APP_NAME = "assistantapp"
@@ -63,4 +64,6 @@ def create_app(settings: Settings | None = None) -> Sanic:
     setup_google_auth(app, settings)
     setup_assistant(app, settings)
     setup_web(app, settings)
+    # Sanic does not replace dead workers; this does, and feeds systemd's watchdog.
+    setup_supervision(app)
     return app

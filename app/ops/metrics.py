@@ -42,6 +42,7 @@ from app.config import Settings
 from app.errors import json_error
 from app.ops.clientip import client_ip
 from app.ops.ratelimit import ratelimit_status
+from app.ops.supervision import worker_gauges
 
 log = logging.getLogger(__name__)
 
@@ -485,7 +486,7 @@ def setup_metrics(app: Sanic, settings: Settings) -> None:
         data = aggregate(request.app)
         if request.args.get("format") == "json":
             return json_response(render_json(data))
-        return text(render_prometheus(data, version),
+        return text(render_prometheus(data, version) + worker_gauges(request.app),
                     content_type="text/plain; version=0.0.4; charset=utf-8")
 
 

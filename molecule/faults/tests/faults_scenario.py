@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
 import sys
 import time
@@ -68,6 +69,22 @@ def app_unit(host) -> str:
 
 def unit_property(host, unit: str, name: str) -> str:
     return host.run("systemctl show -p %s --value %s", name, unit).stdout.strip()
+
+
+def worker_pids(host, unit: str) -> set[int]:
+    """The instance's workers: the processes besides the main one that hold its listen
+    socket (Sanic's helper processes do not)."""
+    port = deploy_state(host)["live_port"]
+    main_pid = int(unit_property(host, unit, "MainPID"))
+    listing = host.run("ss -Hltnp 'sport = :%s'", str(port)).stdout
+    pids = {int(pid) for pid in re.findall(r"pid=(\d+)", listing)}
+    alive = set()
+    for pid in pids - {main_pid}:
+        stat = host.run("cat /proc/%s/stat", str(pid))
+        # Not a zombie, and not stopped: a SIGSTOPped worker does not serve.
+        if stat.rc == 0 and stat.stdout.split(") ", 1)[1][0] not in "ZT":
+            alive.add(pid)
+    return alive
 
 
 def api_user_token(host, email: str) -> str:

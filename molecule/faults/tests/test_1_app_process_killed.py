@@ -14,6 +14,7 @@ from faults_scenario import (
     status_of,
     unit_property,
     wait_for,
+    worker_pids,
 )
 
 testinfra_hosts = [STACK_HOST]
@@ -61,17 +62,13 @@ def test_sigkilled_app_is_restarted_and_keeps_its_data(host):
 
         old_pid = unit_property(host, unit, "MainPID")
         restarts_before = int(unit_property(host, unit, "NRestarts"))
-        workers = host.run("pgrep -P %s", old_pid).stdout.split()
+        workers = worker_pids(host, unit)
         assert workers, "the app runs worker processes"
-        # After the main process dies, systemd kills the rest of the unit's control group
-        # (KillMode=control-group). The nspawn test hosts on this hybrid-cgroup machine
-        # cannot do that ("Failed to kill control group ... Input/output error"), so the
-        # test stands in for that one step: the orphaned workers get SIGKILL too. On a host
-        # where systemd already did it, there is nothing left to kill.
-        pids = " ".join(str(int(pid)) for pid in workers)
-        killed = host.run(
-            f"kill -KILL {int(old_pid)}; sleep 0.3; kill -KILL {pids} 2>/dev/null; true")
-        assert killed.rc == 0
+        # Only the main process: its workers must follow it by themselves (PR_SET_PDEATHSIG,
+        # app/ops/supervision.py). systemd would kill the rest of the unit's control group
+        # too, but the nspawn test hosts on this hybrid-cgroup machine cannot ("Failed to
+        # kill control group ... Input/output error"), so here the workers show it alone.
+        assert host.run("kill -KILL %s", str(int(old_pid))).rc == 0
         seen: list[int | str] = []
         recovered_s = seconds_until_restarted_and_ready(host, http, unit, time.monotonic(),
                                                         old_pid, seen)
@@ -79,7 +76,9 @@ def test_sigkilled_app_is_restarted_and_keeps_its_data(host):
               f"(normal restart: {normal_restart_s:.2f} s); "
               f"statuses meanwhile: {sorted(set(map(str, seen)))}")
 
-        # systemd did it (Restart=on-failure), not anyone else.
+        # No orphan worker of the killed process is left (none holds the port).
+        assert all(host.run("test -e /proc/%s", str(pid)).rc != 0 for pid in workers), workers
+        # systemd did it (Restart=always), not anyone else.
         assert int(unit_property(host, unit, "NRestarts")) == restarts_before + 1
         assert host.service(unit).is_running
         # Meanwhile nginx answered with a gateway error, never a broken connection.
