@@ -13,7 +13,10 @@ import testinfra
 
 ADDRESSES = {"common-bookworm": "10.213.0.10", "common-trixie": "10.213.0.11"}
 LB_HOSTS = {"common-bookworm"}
-INTERNAL_PORT = 5432  # in common_firewall_internal_ports
+# Internal ports (common_firewall_internal_services): PostgreSQL is for the app hosts
+# (never the load balancer), the app instances are for the load balancer.
+POSTGRESQL_PORT = 5432
+APP_INSTANCE_PORT = 8001
 CLOSED_PORT = 9999  # in no list: must be dropped from everywhere
 
 
@@ -46,7 +49,7 @@ def reachable_from(remote: Any, address: str, port: int) -> bool:
 @pytest.fixture
 def listeners(host: Any) -> Iterator[list[int]]:
     """Throwaway TCP listeners on the host under test, on public, internal and closed ports."""
-    ports = [80, INTERNAL_PORT, CLOSED_PORT]
+    ports = [80, POSTGRESQL_PORT, APP_INSTANCE_PORT, CLOSED_PORT]
     for port in ports:
         host.run(f"systemctl stop fwprobe-{port}.service")
         server = f"python3 -m http.server --bind 0.0.0.0 {port}"

@@ -11,9 +11,10 @@ from typing import Any
 
 from conftest import (
     ADDRESSES,
+    APP_INSTANCE_PORT,
     CLOSED_PORT,
-    INTERNAL_PORT,
     LB_HOSTS,
+    POSTGRESQL_PORT,
     name_of,
     other_host,
     reachable_from,
@@ -168,7 +169,7 @@ def test_firewall_ruleset_loaded(host: Any) -> None:
     assert "hook input priority filter; policy drop;" in ruleset
     assert "hook forward priority filter; policy drop;" in ruleset
     for address in ADDRESSES.values():
-        assert address in ruleset  # both project hosts in the internal sources set
+        assert address in ruleset  # each host is a source of some internal service
     has_public = "tcp dport { 80, 443 } accept" in ruleset
     assert has_public == (name_of(host) in LB_HOSTS)
 
@@ -180,9 +181,14 @@ def test_firewall_enforced(host: Any, listeners: list[int]) -> None:
     assert reachable_from_here(address, 22)
     # 80: only on the load balancer.
     assert reachable_from_here(address, 80) == (name_of(host) in LB_HOSTS)
-    # Internal port: from the other project host, not from the bridge.
-    assert reachable_from(peer, address, INTERNAL_PORT)
-    assert not reachable_from_here(address, INTERNAL_PORT)
+    # Internal ports: each from the hosts of its groups only, never from the bridge.
+    if name_of(host) in LB_HOSTS:  # the peer is the app host: PostgreSQL yes, instances no
+        allowed, dropped = POSTGRESQL_PORT, APP_INSTANCE_PORT
+    else:  # the peer is the load balancer: the app instances yes, PostgreSQL never
+        allowed, dropped = APP_INSTANCE_PORT, POSTGRESQL_PORT
+    assert reachable_from(peer, address, allowed)
+    assert not reachable_from(peer, address, dropped)
+    assert not reachable_from_here(address, allowed)
     # A port in no list: dropped for everyone, though a process listens on it.
     assert not reachable_from(peer, address, CLOSED_PORT)
     assert not reachable_from_here(address, CLOSED_PORT)
