@@ -141,3 +141,42 @@ def test_backup_dir_is_private_to_postgres(host):
         APP_DB,
     )
     assert dump.rc == 0, dump.stderr
+
+
+def exposure(host, unit: str) -> float:
+    """The "Overall exposure level" of `systemd-analyze security` (0 safe .. 10 unsafe)."""
+    result = host.run("systemd-analyze security --no-pager %s", unit)
+    lines = [line for line in result.stdout.splitlines() if "Overall exposure level" in line]
+    assert lines, result.stdout + result.stderr
+    return float(lines[-1].split(":")[1].split()[0])
+
+
+def test_the_cluster_is_sandboxed(host, pg_version):
+    assert exposure(host, f"postgresql@{pg_version}-main.service") <= 3.0
+    # The running server, not only the unit file: no capabilities, no new privileges.
+    pid = host.check_output("systemctl show -P MainPID postgresql@%s-main", pg_version)
+    status = host.file(f"/proc/{pid}/status").content_string
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.M), status
+    assert re.search(r"^CapBnd:\s+0+$", status, re.M), status
+    paths = host.check_output("systemctl show -P ReadWritePaths postgresql@%s-main", pg_version)
+    for path in ("/var/spool/pgbackrest", "/var/lib/pgbackrest", "/var/log/pgbackrest"):
+        assert path in paths
+
+
+def test_the_sandboxed_cluster_writes_data_and_wal_after_a_restart(host, pg_version):
+    assert host.run("systemctl restart postgresql@%s-main", pg_version).rc == 0
+    lsn_before = psql_admin(host, "select pg_current_wal_lsn()")
+    psql_admin(host, "create table if not exists sandbox_probe (n int)")
+    psql_admin(host, "insert into sandbox_probe select generate_series(1, 1000)")
+    psql_admin(host, "checkpoint")
+    psql_admin(host, "select pg_switch_wal()")
+    assert int(psql_admin(host, "select count(*) from sandbox_probe")) >= 1000
+    assert psql_admin(
+        host, f"select pg_current_wal_lsn() > '{lsn_before}'::pg_lsn") == "t"
+    psql_admin(host, "drop table sandbox_probe")
+    # The server may not write outside its paths (ProtectSystem=strict), not even into a
+    # directory postgres owns: the sandbox is real.
+    write = host.run(
+        "runuser -u postgres -- psql -XAtq -c %s",
+        "copy (select 1) to '/var/backups/postgresql/sandbox-probe'")
+    assert write.rc != 0 and "Read-only file system" in write.stderr, write.stderr

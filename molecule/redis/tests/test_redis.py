@@ -91,3 +91,12 @@ def test_writes_survive_a_restart(host):
         host.run("sleep 0.1")
     assert redis_cli(host, "GET", "molecule:probe").stdout.strip() == "kept"
     redis_cli(host, "DEL", "molecule:probe")
+
+
+def test_the_service_is_sandboxed(host):
+    """Debian's redis-server.service is sandboxed already (the role adds no drop-in); keep
+    it that way on both releases: systemd-analyze security <= 3.0."""
+    result = host.run("systemd-analyze security --no-pager redis-server.service")
+    lines = [line for line in result.stdout.splitlines() if "Overall exposure level" in line]
+    assert lines, result.stdout + result.stderr
+    assert float(lines[-1].split(":")[1].split()[0]) <= 3.0, lines[-1]
