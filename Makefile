@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PROMTOOL := .tmp/tools/promtool
 APT_PACKAGES := python3-venv python3-dev build-essential postgresql redis-server nginx wrk \
 	debootstrap systemd-container nftables iproute2 openssh-client rsync curl chromium chromium-driver
 
@@ -38,11 +39,22 @@ venv: $(BIN)/activate
 test: setup
 	$(BIN)/pytest -n 2 --dist loadscope --cov=app --cov-report=term --cov-fail-under=80 -p no:cacheprovider $(PYTEST_ARGS)
 
-lint: venv
+lint: venv $(PROMTOOL)
 	$(BIN)/ruff check app tests bench testhosts
 	$(BIN)/mypy app
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --profile production --offline
+	$(PROMTOOL) check rules roles/monitoring/files/etc/prometheus/rules/*.yml
+	$(PROMTOOL) test rules roles/monitoring/tests/*.test.yml
+
+# promtool from Debian's prometheus package, unpacked only (installing the package would
+# start a Prometheus server on this machine).
+$(PROMTOOL):
+	@mkdir -p $(@D)/deb
+	cd $(@D)/deb && { apt-get download -q prometheus 2>/dev/null || { apt-get update -qq && apt-get download -q prometheus; }; }
+	dpkg-deb --fsys-tarfile $(@D)/deb/prometheus_*.deb | tar -xO ./usr/bin/promtool > $@.partial
+	chmod 0755 $@.partial && mv $@.partial $@
+	rm -rf $(@D)/deb
 
 deploy-local:
 	scripts/local-deploy
