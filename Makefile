@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PROMTOOL := .tmp/tools/promtool
 APT_PACKAGES := python3-venv python3-dev build-essential postgresql redis-server nginx wrk \
 	debootstrap systemd-container nftables iproute2 openssh-client rsync curl chromium chromium-driver
 
@@ -45,12 +46,23 @@ test: setup
 
 # pip-audit is recorded, not fatal here: whether a pin is known-vulnerable changes without a
 # commit (and it needs PyPI); the deploy gate refuses "vulnerable" and "incomplete" audits.
-lint: venv
+lint: venv $(PROMTOOL)
 	$(RECORD) ruff -- $(BIN)/ruff check app tests bench testhosts
 	$(RECORD) mypy -- $(BIN)/mypy app
 	$(RECORD) yamllint -- $(BIN)/yamllint -s .
 	$(RECORD) ansible-lint -- $(BIN)/ansible-lint --profile production --offline
+	$(RECORD) promtool -- $(PROMTOOL) check rules roles/monitoring/files/etc/prometheus/rules/*.yml
+	$(RECORD) promtool-tests -- $(PROMTOOL) test rules roles/monitoring/tests/*.test.yml
 	-$(RECORD) pip-audit -- $(BIN)/pip-audit --requirement requirements.lock --no-deps --disable-pip --progress-spinner=off
+
+# promtool from Debian's prometheus package, unpacked only (installing the package would
+# start a Prometheus server on this machine).
+$(PROMTOOL):
+	@mkdir -p $(@D)/deb
+	cd $(@D)/deb && { apt-get download -q prometheus 2>/dev/null || { apt-get update -qq && apt-get download -q prometheus; }; }
+	dpkg-deb --fsys-tarfile $(@D)/deb/prometheus_*.deb | tar -xO ./usr/bin/promtool > $@.partial
+	chmod 0755 $@.partial && mv $@.partial $@
+	rm -rf $(@D)/deb
 
 deploy-local:
 	scripts/local-deploy

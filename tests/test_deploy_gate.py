@@ -61,7 +61,7 @@ def test_tests_step_keeps_the_exit_status_and_records_counts_and_coverage(
 
 
 def test_lint_passes_only_when_every_linter_passed_and_steps_merge(tmp_path: Path) -> None:
-    for step in ("ruff", "mypy", "yamllint"):
+    for step in ("ruff", "mypy", "yamllint", "promtool", "promtool-tests"):
         assert record(step, "pass", tmp_path).returncode == 0
     assert json.loads((tmp_path / f"{head()}.json").read_text())["summary"]["lint"] == "missing"
     assert record("ansible-lint", "raise SystemExit(2)", tmp_path).returncode == 2
@@ -70,7 +70,8 @@ def test_lint_passes_only_when_every_linter_passed_and_steps_merge(tmp_path: Pat
     assert record("ansible-lint", "pass", tmp_path).returncode == 0
     data = json.loads((tmp_path / f"{head()}.json").read_text())
     assert data["summary"]["lint"] == "passed"
-    assert set(data["steps"]) == {"ruff", "mypy", "yamllint", "ansible-lint"}
+    assert set(data["steps"]) == {"ruff", "mypy", "yamllint", "ansible-lint", "promtool",
+                                  "promtool-tests"}
 
 
 PIP_AUDIT_STANDIN = """

@@ -1,0 +1,181 @@
+"""Monitoring on the single-host stack: every target scraped and up, the metrics the alert
+rules need exist with sane values, and an app outage is alerted to a webhook and resolved."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+
+import pytest
+
+ADDRESS = "10.213.0.65"
+PROMETHEUS = f"http://{ADDRESS}:9090"
+APP_ROOT = "/opt/assistantapp"
+RECEIVER_LOG = "/root/alerts.jsonl"
+
+# A webhook receiver on the host: appends every Alertmanager POST body as one JSON line.
+RECEIVER = """
+import http.server, sys
+class Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open(sys.argv[1], "ab") as log:
+            log.write(body.replace(b"\\n", b" ") + b"\\n")
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", 9999), Receiver).serve_forever()
+"""
+
+
+def fetch_json(host, url: str) -> dict:
+    """GET a JSON URL from the host itself (Prometheus listens on the private network)."""
+    code = (
+        "import json, sys, urllib.request; "
+        "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+    )
+    result = host.run(f"python3 -c {shlex.quote(code)} {shlex.quote(url)}")
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def query(host, promql: str) -> list[dict]:
+    from urllib.parse import quote
+
+    data = fetch_json(host, f"{PROMETHEUS}/api/v1/query?query={quote(promql)}")
+    assert data["status"] == "success", data
+    return data["data"]["result"]
+
+
+def live_port(host) -> int:
+    return int(json.loads(host.file(f"{APP_ROOT}/state.json").content_string)["live_port"])
+
+
+def wait_for(predicate, timeout: float, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def scraped_targets(host) -> list[dict]:
+    targets = fetch_json(host, f"{PROMETHEUS}/api/v1/targets")["data"]["activeTargets"]
+    return targets if all(t["health"] != "unknown" for t in targets) else []
+
+
+def test_every_target_is_scraped_and_up(host):
+    targets = wait_for(lambda: scraped_targets(host), timeout=60)
+    assert targets, "Prometheus has not scraped every target within 60 s"
+    by_job: dict[str, list[dict]] = {}
+    for target in targets:
+        by_job.setdefault(target["labels"]["job"], []).append(target)
+    expected_jobs = {"prometheus", "alertmanager", "app", "node", "postgresql", "redis", "nginx"}
+    assert set(by_job) == expected_jobs
+    for job, job_targets in by_job.items():
+        if job != "app":
+            assert [t["health"] for t in job_targets] == ["up"], (job, job_targets)
+    # Both blue/green ports are scraped; only the live one answers.
+    app_health = {
+        int(t["labels"]["instance"].rsplit(":", 1)[1]): t["health"] for t in by_job["app"]
+    }
+    port = live_port(host)
+    assert app_health.pop(port) == "up", by_job["app"]
+    assert list(app_health.values()) == ["down"], by_job["app"]
+
+
+def test_exporters_reach_what_they_export(host):
+    for metric in ("pg_up", "redis_up", "nginx_up"):
+        result = wait_for(lambda metric=metric: query(host, metric), timeout=30)
+        assert [r["value"][1] for r in result] == ["1"], (metric, result)
+    # The PostgreSQL exporter's role reads pg_stat_activity (pg_monitor), max_connections too.
+    assert query(host, "pg_settings_max_connections"), "no pg_settings_max_connections"
+    activity = query(host, 'pg_stat_activity_count{datname="assistantapp"}')
+    assert activity, "no pg_stat_activity_count for the app database"
+
+
+def test_backup_age_metric_follows_a_backup(host):
+    started = time.time()
+    assert host.run("systemctl start assistantapp-backup.service").rc == 0
+    result = wait_for(
+        lambda: [r for r in query(host, "assistantapp_backup_last_success_timestamp_seconds")
+                 if float(r["value"][1]) >= started - 5],
+        timeout=30,
+    )
+    assert result, "the backup's success time never reached Prometheus"
+    assert float(result[0]["value"][1]) <= time.time() + 5
+    assert result[0]["metric"]["kind"] == "pg_dump"
+    size = query(host, "assistantapp_backup_last_size_bytes")
+    assert size and float(size[0]["value"][1]) > 1000, size
+
+
+def test_certificate_expiry_metric(host):
+    result = query(host, "assistantapp_tls_certificate_not_after_timestamp_seconds")
+    assert len(result) == 1, result
+    days_left = (float(result[0]["value"][1]) - time.time()) / 86400
+    # The generated certificate lives nginx_cert_days (365): Mozilla intermediate, < 366.
+    assert 360 < days_left < 366, days_left
+
+
+@pytest.fixture
+def receiver(host):
+    host.run(f"rm -f {RECEIVER_LOG}")
+    host.run(f"cat > /root/receiver.py <<'EOF'\n{RECEIVER}\nEOF")
+    started = host.run(
+        f"systemd-run --unit=test-alert-receiver --collect python3 /root/receiver.py {RECEIVER_LOG}"
+    )
+    assert started.rc == 0, started.stderr
+    yield
+    host.run("systemctl stop test-alert-receiver")
+
+
+def notifications(host) -> list[dict]:
+    content = host.run(f"cat {RECEIVER_LOG} 2>/dev/null").stdout
+    return [json.loads(line) for line in content.splitlines() if line.strip()]
+
+
+def app_down(host, status: str) -> bool:
+    return any(
+        n["status"] == status
+        and any(a["labels"]["alertname"] == "AppInstanceDown" for a in n["alerts"])
+        for n in notifications(host)
+    )
+
+
+def test_app_down_alert_fires_and_resolves(host, receiver):
+    unit = f"assistantapp@{live_port(host)}"
+    stopped = time.monotonic()
+    assert host.run(f"systemctl stop {unit}").rc == 0
+    try:
+        # `for: 1m` in the rule, 5 s scrapes and evaluations, 5 s group_wait.
+        fired = wait_for(lambda: app_down(host, "firing"), timeout=180, interval=2)
+        fire_latency = time.monotonic() - stopped
+    finally:
+        restarted = time.monotonic()
+        assert host.run(f"systemctl start {unit}").rc == 0
+    assert fired, f"no AppInstanceDown notification within 180 s: {notifications(host)}"
+    resolved = wait_for(lambda: app_down(host, "resolved"), timeout=120, interval=2)
+    resolve_latency = time.monotonic() - restarted
+    assert resolved, f"no resolved AppInstanceDown within 120 s: {notifications(host)}"
+    print(f"\nmonitoring: AppInstanceDown fired {fire_latency:.1f} s after the app stopped "
+          f"(rule `for: 1m`), resolved {resolve_latency:.1f} s after it started again")
+
+
+def test_memory_added_by_monitoring(host):
+    units = [
+        "prometheus", "prometheus-alertmanager", "prometheus-node-exporter",
+        "prometheus-postgres-exporter", "prometheus-redis-exporter", "prometheus-nginx-exporter",
+    ]
+    total = 0
+    report = []
+    for unit in units:
+        value = host.run(f"systemctl show -P MemoryCurrent {unit}").stdout.strip()
+        assert value.isdigit(), (unit, value)
+        total += int(value)
+        report.append(f"{unit} {int(value) / 2**20:.1f} MiB")
+    print("\nmonitoring memory: " + ", ".join(report) + f"; total {total / 2**20:.1f} MiB")
+    # Prometheus and the exporters are small; a leak or a misconfiguration would show here.
+    assert total < 600 * 2**20
