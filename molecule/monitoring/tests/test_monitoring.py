@@ -113,7 +113,7 @@ def test_backup_age_metric_follows_a_backup(host):
 
 
 def test_certificate_expiry_metric(host):
-    result = query(host, "assistantapp_tls_certificate_not_after_timestamp_seconds")
+    result = query(host, "nginx_tls_certificate_expiry_timestamp_seconds")
     assert len(result) == 1, result
     days_left = (float(result[0]["value"][1]) - time.time()) / 86400
     # The generated certificate lives nginx_cert_days (365): Mozilla intermediate, < 366.
