@@ -1,4 +1,4 @@
-"""Monitoring on the single-host stack: every target scraped and up, the metrics the alert
+"""Monitoring on the single-host stack (inventories/local puts it on the one host too): every target scraped and up, the metrics the alert
 rules need exist with sane values, and an app outage is alerted to a webhook and resolved."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-ADDRESS = "10.213.0.65"
+ADDRESS = "10.213.0.42"
 PROMETHEUS = f"http://{ADDRESS}:9090"
 APP_ROOT = "/opt/assistantapp"
 RECEIVER_LOG = "/root/alerts.jsonl"
