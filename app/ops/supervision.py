@@ -65,8 +65,9 @@ HEARTBEAT_INTERVAL_S = 1.0
 # The supervisor's cadence: a dead worker is noticed within this, then restarted by Sanic.
 CHECK_INTERVAL_S = 0.2
 # A replacement that is not serving this long after its worker died (it crashes at start,
-# or hangs in it) means replacing fails: the whole instance exits and systemd restarts it.
-REPLACE_DEADLINE_S = 20.0
+# or hangs in it; Sanic itself allows a starting worker 30 s) means replacing fails: the
+# whole instance exits and systemd restarts it.
+REPLACE_DEADLINE_S = 35.0
 # More restarts than this within RESTART_WINDOW_S is a crash loop: exit, let systemd decide
 # (its StartLimitBurst then stops a unit that cannot stay up).
 MAX_RESTARTS = 10
@@ -194,7 +195,9 @@ class Supervisor:
             state = process.state
             if state in (ProcessState.NONE, ProcessState.IDLE, ProcessState.TERMINATED):
                 continue  # not started yet, or being shut down on purpose
-            if process.is_alive():
+            # exitcode stays None while the process runs, and before it has been spawned
+            # (is_alive() is False then too: that is not a death).
+            if process.pid is None or process.exitcode is None:
                 if state is ProcessState.ACKED and process.pid:
                     if watch.serving_pid != process.pid:
                         watch.serving_pid = process.pid

@@ -24,17 +24,20 @@ WORKER_REPLACED_WITHIN_S = 5.0
 HUNG_INSTANCE_RESTARTED_WITHIN_S = 30.0
 
 
-def configured_workers(host) -> int:
-    env = host.file("/opt/assistantapp/shared/app.env").content_string
-    match = re.search(r"^WORKERS=(\d+)", env, re.MULTILINE)
-    assert match, "WORKERS is set in the app's env file"
-    return int(match.group(1))
+def configured_workers(host, unit: str) -> int:
+    """WORKERS as the instance's main process got it (0 means one per CPU)."""
+    main_pid = unit_property(host, unit, "MainPID")
+    environ = host.run("tr '\\0' '\\n' < /proc/%s/environ", main_pid).stdout
+    match = re.search(r"^WORKERS=(\d+)$", environ, re.MULTILINE)
+    assert match, "WORKERS is set in the app's environment"
+    workers = int(match.group(1))
+    return workers or int(host.run("nproc").stdout)
 
 
 def test_sigkilled_worker_is_replaced_within_5_s(host):
-    expected = configured_workers(host)
     with client() as http:
         unit = app_unit(host)
+        expected = configured_workers(host, unit)
         assert wait_for(lambda: status_of(http, "/health/ready") == 200, timeout_s=30)
         main_pid = unit_property(host, unit, "MainPID")
         restarts_before = unit_property(host, unit, "NRestarts")
@@ -67,9 +70,9 @@ def test_sigkilled_worker_is_replaced_within_5_s(host):
 
 
 def test_worker_with_a_stopped_event_loop_gets_the_instance_restarted(host):
-    expected = configured_workers(host)
     with client() as http:
         unit = app_unit(host)
+        expected = configured_workers(host, unit)
         assert wait_for(lambda: status_of(http, "/health/ready") == 200, timeout_s=30)
         assert unit_property(host, unit, "WatchdogUSec") not in ("", "0", "infinity")
         main_pid = unit_property(host, unit, "MainPID")
