@@ -14,6 +14,11 @@ from testhosts import settings
 from testhosts.util import TestHostsError, locked, log, run
 
 FORWARD_SYSCTL = Path("/proc/sys/net/ipv4/ip_forward")
+# Every booted host's systemd (and its services) takes inotify instances from the machine's
+# per-user budget (root's, for every host); the default 128 runs out at about a dozen hosts
+# and then hosts fail to boot with "Too many open files".
+INOTIFY_INSTANCES_SYSCTL = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_INSTANCES_MIN = 1024
 
 
 def _state_file() -> Path:
@@ -93,6 +98,12 @@ def up() -> None:
             state["ip_forward_before"] = FORWARD_SYSCTL.read_text().strip()
             FORWARD_SYSCTL.write_text("1\n")
             log("enabled net.ipv4.ip_forward (restored by `down`)")
+        if int(INOTIFY_INSTANCES_SYSCTL.read_text()) < INOTIFY_INSTANCES_MIN:
+            state.setdefault("inotify_instances_before",
+                             INOTIFY_INSTANCES_SYSCTL.read_text().strip())
+            INOTIFY_INSTANCES_SYSCTL.write_text(f"{INOTIFY_INSTANCES_MIN}\n")
+            log(f"raised fs.inotify.max_user_instances to {INOTIFY_INSTANCES_MIN}"
+                " (restored by `down`)")
         _state_file().parent.mkdir(parents=True, exist_ok=True)
         _state_file().write_text(json.dumps(state))
 
@@ -118,6 +129,10 @@ def down(*, force: bool = False) -> None:
             if before is not None:
                 FORWARD_SYSCTL.write_text(f"{before}\n")
                 log(f"restored net.ipv4.ip_forward={before}")
+            inotify_before = state.get("inotify_instances_before")
+            if inotify_before is not None:
+                INOTIFY_INSTANCES_SYSCTL.write_text(f"{inotify_before}\n")
+                log(f"restored fs.inotify.max_user_instances={inotify_before}")
             _state_file().unlink()
 
 
