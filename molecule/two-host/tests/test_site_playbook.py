@@ -92,7 +92,6 @@ def test_check_diff_prints_no_secret(host, tmp_path):
         ("firewall", {"common"}, "common : Write the nftables ruleset"),
         ("nginx", {"nginx"}, "nginx : Configure the site"),
         ("app", {"app"}, "app : Render the app's environment file"),
-        ("redis", {"redis"}, "redis : Write the redis configuration and ACL users"),
     ],
 )
 def test_tagged_run_touches_only_its_part_and_changes_nothing(host, tag, roles, expected_task):
