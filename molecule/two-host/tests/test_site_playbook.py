@@ -25,7 +25,7 @@ RECAP = re.compile(
 )
 # Roles whose tasks ran; each role's argument check is tagged `always` by Ansible itself.
 TASK_ROLE = re.compile(
-    r"^TASK \[(\w+) : (?!Validating arguments against arguments spec file)", re.MULTILINE
+    r"^TASK \[(\w+) : (?!Validating arguments against arg)", re.MULTILINE
 )
 
 
