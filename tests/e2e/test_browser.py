@@ -47,6 +47,7 @@ class AppProcess:
         self.env = {**base, **VALID_ENV, **env}
         self.log = Path(tempfile.mkstemp(prefix="aa-e2e-app-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
+        self.provider_url = ""
 
     def start(self) -> AppProcess:
         with self.log.open("wb") as log:
@@ -108,6 +109,7 @@ def app_process(migrated_database_url: str, redis_server: RedisServer,
             "RATE_LIMIT_MAX_REQUESTS": "100000",
             "LOG_LEVEL": "warning",
         }, port)
+        app.provider_url = f"http://localhost:{provider.server_port}"
         app.start()
         try:
             yield app
@@ -246,6 +248,10 @@ def run_browser_journey(app_process: AppProcess, fake_openai: FakeOpenAI,
 
     driver: Any = browser
     wait = WebDriverWait(driver, 40)  # generous: 2 shared cores in CI
+    # The mock's default user has no email_verified claim, which the app refuses.
+    httpx.put(f"{app_process.provider_url}/users/eve@example.com",
+              json={"email": "eve@example.com", "email_verified": True},
+              timeout=10).raise_for_status()
     driver.get(app_process.base_url + "/")
     sign_in = wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
