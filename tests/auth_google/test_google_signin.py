@@ -167,6 +167,7 @@ async def test_json_callback_reports_scopes_and_a_second_sign_in_updates_the_use
 async def test_replayed_state_is_refused_without_a_session(
         start_app: StartApp, oidc_mock: str) -> None:
     live = await start_app(oidc_mock)
+    await set_mock_user(oidc_mock, "replay@x.org", {"email": "replay@x.org"})
     async with live.client() as client:
         start = await client.get("/auth/google")
         consent = await client.post(start.headers["location"], data={"sub": "replay@x.org"})
