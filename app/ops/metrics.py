@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,10 @@ class MetricsStore:
     started_at: float = field(default_factory=time.time)
     # Bumped on every change, so the flusher skips writing an unchanged snapshot.
     version: int = 0
+    # Names this process's snapshot. Not the pid alone: the kernel reuses the pid of an
+    # exited worker, and a new worker overwriting the dead one's final numbers would make
+    # every counter go backwards.
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def record_request(self, method: str, route: str, status: int, duration: float) -> None:
         # On every request's path: one dict lookup and plain attribute updates, inlined.
@@ -171,6 +176,7 @@ class MetricsStore:
     def to_json(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
+            "instance": self.instance,
             "startedAt": self.started_at,
             "rssBytes": resident_memory_bytes(),
             "requests": [{"method": m, "route": r, **s.to_json()}
@@ -202,13 +208,13 @@ def resident_memory_bytes() -> int:
 # --------------------------------------------------------------------------------------------
 # The shared directory of worker snapshots
 # --------------------------------------------------------------------------------------------
-def _snapshot_path(directory: Path, pid: int) -> Path:
-    return directory / f"worker-{pid}.json"
+def _snapshot_path(directory: Path, pid: int, instance: str) -> Path:
+    return directory / f"worker-{pid}-{instance}.json"
 
 
 def write_snapshot(store: MetricsStore, directory: Path) -> None:
     """Atomically replace this process's snapshot (readers never see half a file)."""
-    path = _snapshot_path(directory, os.getpid())
+    path = _snapshot_path(directory, os.getpid(), store.instance)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(store.to_json()), encoding="utf-8")
     os.replace(tmp, path)
@@ -244,10 +250,12 @@ def aggregate(app: Sanic) -> AggregatedMetrics:
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
                 pid = int(data["pid"])
-                if pid == own_pid:
-                    continue
+                if data.get("instance", pid if pid == own_pid else None) in (
+                        own.instance, own_pid):
+                    continue  # this process: its live numbers are merged already
                 merged.merge(MetricsStore.from_json(data))
-                workers[pid] = int(data.get("rssBytes", 0))
+                # An exited worker whose pid was reused keeps its counts, not its memory.
+                workers.setdefault(pid, int(data.get("rssBytes", 0)))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 # A file vanishing while the server stops must not break /metrics.
                 log.warning("skipping unreadable metrics snapshot %s: %s", path.name, exc)

@@ -37,7 +37,9 @@ async def test_cookie_session_refresh_rotation_and_logout(start_app: StartApp,
         assert me.status_code == 200 and me.json()["email"] == "dana@example.com"
 
         # Replaying the spent cookie (a stolen copy) is refused and clears the cookie.
+        # (From another browser: the same one would get the successor within the grace.)
         async with live.client() as thief:
+            thief.headers["User-Agent"] = "thief-agent"
             thief.cookies.set("aa_refresh", first_cookie, domain="127.0.0.1", path="/auth")
             replay = await thief.post("/auth/refresh", json={})
         assert replay.status_code == 401

@@ -25,7 +25,8 @@ import pytest
 from oidc_provider_mock import run_server_in_thread
 
 from tests.conftest import VALID_ENV
-from tests.fakes.openai_server import DEFAULT_API_KEY, FakeOpenAI, Reply
+from tests.fakes.gmail_api import GMAIL_SCOPES, FakeGmail
+from tests.fakes.openai_server import DEFAULT_API_KEY, FakeOpenAI, Reply, ToolCall
 from tests.servers import RedisServer, free_port, stop_process_group, wait_for_port
 
 pytestmark = pytest.mark.slow
@@ -46,6 +47,7 @@ class AppProcess:
         self.env = {**base, **VALID_ENV, **env}
         self.log = Path(tempfile.mkstemp(prefix="aa-e2e-app-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
+        self.provider_url = ""
 
     def start(self) -> AppProcess:
         with self.log.open("wb") as log:
@@ -55,7 +57,7 @@ class AppProcess:
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         try:
-            wait_for_port(self.port, timeout=40)
+            wait_for_port(self.port, timeout=120)  # 2 shared cores: imports alone can take 40 s
             deadline = time.monotonic() + 30
             while httpx.get(self.base_url + "/health/live", timeout=5).status_code != 200:
                 if time.monotonic() > deadline:
@@ -83,8 +85,16 @@ def fake_openai() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture
+def fake_gmail() -> Iterator[FakeGmail]:
+    fake = FakeGmail(client_id=VALID_ENV["GOOGLE_CLIENT_ID"],
+                     client_secret=VALID_ENV["GOOGLE_CLIENT_SECRET"]).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
 def app_process(migrated_database_url: str, redis_server: RedisServer,
-                fake_openai: FakeOpenAI) -> Iterator[AppProcess]:
+                fake_openai: FakeOpenAI, fake_gmail: FakeGmail) -> Iterator[AppProcess]:
     port = free_port()
     with run_server_in_thread() as provider:
         app = AppProcess({
@@ -95,9 +105,11 @@ def app_process(migrated_database_url: str, redis_server: RedisServer,
             "GOOGLE_REDIRECT_URI": f"http://127.0.0.1:{port}/auth/google/callback",
             "OPENAI_BASE_URL": f"{fake_openai.url}/v1",
             "OPENAI_API_KEY": DEFAULT_API_KEY,
+            "GMAIL_API_BASE_URL": fake_gmail.url,
             "RATE_LIMIT_MAX_REQUESTS": "100000",
             "LOG_LEVEL": "warning",
         }, port)
+        app.provider_url = f"http://localhost:{provider.server_port}"
         app.start()
         try:
             yield app
@@ -138,9 +150,10 @@ def browser() -> Iterator[Any]:
 
 def test_sign_in_chat_stream_reload_and_sign_out(app_process: AppProcess,
                                                  fake_openai: FakeOpenAI,
+                                                 fake_gmail: FakeGmail,
                                                  browser: Any) -> None:
     try:
-        run_browser_journey(app_process, fake_openai, browser)
+        run_browser_journey(app_process, fake_openai, fake_gmail, browser)
     except Exception:
         # What the browser showed and said, and what the server logged: enough to debug.
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -154,14 +167,91 @@ def test_sign_in_chat_stream_reload_and_sign_out(app_process: AppProcess,
         raise
 
 
+def connect_fake_gmail(app_process: AppProcess, fake_gmail: FakeGmail, email: str) -> None:
+    """Give the signed-in user Google tokens the fake Gmail accepts (the OIDC mock's own
+    tokens mean nothing to it), encrypted as the app would store them."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    import asyncpg
+
+    from app.auth.google_tokens import encrypt_token
+    from app.config import load_settings
+
+    settings = load_settings({k: v for k, v in app_process.env.items()
+                              if k.isupper()}, env_file=None)
+    access = encrypt_token(settings, fake_gmail.issue_token(GMAIL_SCOPES))
+    refresh = encrypt_token(settings, fake_gmail.issue_refresh_token(GMAIL_SCOPES))
+
+    async def update() -> None:
+        connection = await asyncpg.connect(settings.database_url)
+        try:
+            await connection.execute(
+                "UPDATE users SET google_access_token_enc=$1, google_refresh_token_enc=$2, "
+                "google_token_expires_at=$3, google_scopes=$4 WHERE email=$5",
+                access, refresh, datetime.now(UTC) + timedelta(hours=1),
+                " ".join(["openid", "email", "profile", *GMAIL_SCOPES]), email)
+        finally:
+            await connection.close()
+
+    asyncio.run(update())
+
+
+def approve_a_proposed_draft(app_process: AppProcess, fake_openai: FakeOpenAI,
+                             fake_gmail: FakeGmail, driver: Any, wait: Any) -> None:
+    """The email agent proposes a reply; nothing is in Gmail until the user approves it in
+    the page (after editing the body); then the draft is in the fake Gmail, unsent."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select
+
+    connect_fake_gmail(app_process, fake_gmail, "eve@example.com")
+    bob = fake_gmail.add_email("Bob <bob@example.com>", "Lunch tomorrow?", "Noon?",
+                               extra_headers=[{"name": "Reply-To",
+                                               "value": "collector@elsewhere.example"}])
+    Select(driver.find_element(By.ID, "agent-select")).select_by_value("email")
+    driver.find_element(By.ID, "new-conversation").click()
+    fake_openai.enqueue(
+        Reply(tool_calls=[ToolCall("create_draft_reply",
+                                   {"message_id": bob.id, "body": "Noon works."})]),
+        Reply(content="I proposed a reply to Bob for you to review."))
+    box = driver.find_element(By.ID, "message-input")
+    box.send_keys("Draft a reply to Bob saying noon works")
+    driver.find_element(By.ID, "send").click()
+
+    card = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "form.proposal")))
+    to = card.find_element(By.NAME, "to")
+    assert to.get_attribute("value") == "bob@example.com"  # From, not Reply-To
+    assert card.find_element(By.NAME, "subject").get_attribute("value") == "Re: Lunch tomorrow?"
+    body = card.find_element(By.NAME, "body")
+    assert body.get_attribute("value") == "Noon works."
+    assert fake_gmail.drafts == []  # proposed, not written
+    body.clear()
+    body.send_keys("Noon works. See you there!")
+    driver.save_screenshot(str(ARTIFACTS / "e2e-proposal.png"))
+    card.find_element(By.CSS_SELECTOR, "button.approve").click()
+    wait.until(ec.text_to_be_present_in_element(
+        (By.CSS_SELECTOR, "form.proposal .proposal-status"), "Saved to your Gmail drafts"))
+    [draft] = fake_gmail.drafts
+    assert draft.message["To"] == "bob@example.com"
+    assert draft.message["Subject"] == "Re: Lunch tomorrow?"
+    assert draft.message.get_content().strip() == "Noon works. See you there!"
+    assert draft.thread_id == bob.thread_id
+    assert fake_gmail.send_attempts == []
+
+
 def run_browser_journey(app_process: AppProcess, fake_openai: FakeOpenAI,
-                        browser: Any) -> None:
+                        fake_gmail: FakeGmail, browser: Any) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver: Any = browser
     wait = WebDriverWait(driver, 40)  # generous: 2 shared cores in CI
+    # The mock's default user has no email_verified claim, which the app refuses.
+    httpx.put(f"{app_process.provider_url}/users/eve@example.com",
+              json={"email": "eve@example.com", "email_verified": True},
+              timeout=10).raise_for_status()
     driver.get(app_process.base_url + "/")
     sign_in = wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -216,6 +306,8 @@ def run_browser_journey(app_process: AppProcess, fake_openai: FakeOpenAI,
     titles = [b.text for b in driver.find_elements(
         By.CSS_SELECTOR, "#conversation-list button")]
     assert titles == ["What is new in my inbox?"]
+
+    approve_a_proposed_draft(app_process, fake_openai, fake_gmail, driver, wait)
 
     # Sign out, then a reload stays signed out (the refresh cookie is gone and revoked).
     driver.find_element(By.ID, "sign-out").click()
