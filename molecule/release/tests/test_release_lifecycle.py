@@ -1,17 +1,22 @@
 """The release lifecycle, driven through the playbooks as an operator runs them.
 
-The tests run in file order and build on each other: v1 is live after converge; v2 (a
-copy of the source with one more migration) is deployed and rolled back; v3 never becomes
-ready; a held lock and a bad config are refused before anything changes.
+The tests run in file order and build on each other. After converge v1 is live (nothing to
+roll back to). v2 (one more migration) and v3 (another one, whose downgrade leaves a
+timestamp) are deployed; rollbacks switch first and downgrade second, refuse what they must
+(a target failing its gate, a newer target, an unnamed second rollback) and never restore a
+dump; a failed downgrade leaves schema and data. restore.yml refuses without confirmation and
+then restores v2's pre-migration dump into a fresh database. Maintenance mode answers 503
+JSON/HTML with health probes still served. Last: a release that never becomes ready, a held
+lock and a bad config are refused before anything changes.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -24,6 +29,8 @@ SITE = f"https://{ADDRESS}"
 APP_ROOT = "/opt/assistantapp"
 PROBE_TABLE = "release_probe"
 PROBE_MIGRATION = "90_20991231000000_release_probe"
+WITNESS_TABLE = "release_probe3"
+WITNESS_MIGRATION = "91_20991231000001_release_probe3"
 
 testinfra_hosts = ["release1"]
 
@@ -37,7 +44,8 @@ def ansible(playbook: str, *extra: str, timeout: int = 1200) -> subprocess.Compl
 
 
 def output(result: subprocess.CompletedProcess[str]) -> str:
-    return result.stdout + result.stderr
+    """stdout + stderr with YAML's line folding and quote doubling undone."""
+    return " ".join((result.stdout + result.stderr).split()).replace("''", "'")
 
 
 def build(name: str, patch) -> str:
@@ -72,6 +80,23 @@ def add_probe_migration(src: Path) -> None:
         f'    return """DROP TABLE IF EXISTS "{PROBE_TABLE}";"""\n\n\n' + state)
 
 
+def add_witness_migration(src: Path) -> None:
+    """v2's migration plus one whose downgrade writes the database's clock into a side table
+    (release_witness) before dropping its table: when the downgrade ran, seen from PostgreSQL."""
+    add_probe_migration(src)
+    migrations = src / "app/db/migrations/models"
+    template = sorted(migrations.glob("1_*.py"))[0].read_text()
+    state = template[template.index("MODELS_STATE"):]
+    (migrations / f"{WITNESS_MIGRATION}.py").write_text(
+        "from tortoise import BaseDBAsyncClient\n\nRUN_IN_TRANSACTION = True\n\n\n"  # noqa: S608
+        "async def upgrade(db: BaseDBAsyncClient) -> str:\n"
+        f'    return """CREATE TABLE "{WITNESS_TABLE}" ("id" SERIAL PRIMARY KEY);"""\n\n\n'
+        "async def downgrade(db: BaseDBAsyncClient) -> str:\n"
+        '    return """CREATE TABLE IF NOT EXISTS "release_witness" ("at" TIMESTAMPTZ NOT NULL);\n'
+        'INSERT INTO "release_witness" VALUES (clock_timestamp());\n'
+        f'DROP TABLE IF EXISTS "{WITNESS_TABLE}";"""\n\n\n' + state)
+
+
 def never_ready(src: Path) -> None:
     # The server refuses to start (systemd sets PORT for instances); check-config still passes.
     with (src / "app/__init__.py").open("a") as fh:
@@ -98,20 +123,84 @@ def ready_through_nginx() -> int:
         return c.get(f"{SITE}/health/ready").status_code
 
 
+def head(host) -> str:
+    """The database's migration head as aerich records it."""
+    return psql(host, "SELECT regexp_replace(version, '[.]py$', '') FROM aerich "
+                      "ORDER BY id DESC LIMIT 1")
+
+
+def release_log(host) -> list[dict]:
+    return [json.loads(line) for line in
+            host.file(f"{APP_ROOT}/releases.log").content_string.splitlines() if line.strip()]
+
+
+def mtime(host, path: str) -> float:
+    """Modification time of path itself (a symlink's own time, not its target's)."""
+    return float(host.check_output("stat -c %%.9Y %s", path))
+
+
+def users(host, email: str) -> str:
+    return psql(host, f"SELECT count(*) FROM users WHERE email = '{email}'")  # noqa: S608
+
+
+def rows(host, table: str) -> str:
+    return psql(host, f"SELECT count(*) FROM {table}")  # noqa: S608
+
+
+def add_user(host, email: str) -> None:
+    # Tortoise's defaults live in Python, so every NOT NULL column is given here.
+    psql(host, "INSERT INTO users (email, name, picture, google_scopes, created_at, updated_at) "  # noqa: S608
+               f"VALUES ('{email}', 'Test', '', '', now(), now()) ON CONFLICT DO NOTHING")
+
+
+def client() -> httpx.Client:
+    return httpx.Client(verify=str(EPHEMERAL / "pki" / "ca.crt"), timeout=10, trust_env=False)
+
+
+RELEASES: dict[str, dict] = {}
+
+
 @pytest.fixture(scope="module")
 def v1(host) -> dict:
     live = state(host)
     assert live["migration_head"] != "base"
-    return live
+    RELEASES.setdefault("v1", live)
+    return RELEASES["v1"]
 
 
 def test_v1_is_live_and_data_is_written(host, v1):
     assert ready_through_nginx() == 200
-    # Tortoise's defaults live in Python, so every NOT NULL column is given here.
-    psql(host, "INSERT INTO users (email, name, picture, google_scopes, created_at, updated_at) "
-               "VALUES ('keep-me@example.test', 'Keep Me', '', '', now(), now()) "
-               "ON CONFLICT DO NOTHING")
-    assert psql(host, "SELECT count(*) FROM users WHERE email = 'keep-me@example.test'") == "1"
+    add_user(host, "keep-me@example.test")
+    assert users(host, "keep-me@example.test") == "1"
+
+
+def test_capacity_follows_the_worker_count(host, v1):
+    # app_workers: 1 (molecule.yml); pool 5; both instances during a switch; headroom 20
+    # (the floor is lowered to 20 here so the derived number shows).
+    assert psql(host, "SHOW max_connections") == str(1 * 5 * 2 + 20)
+    memory_max = host.check_output("systemctl show -P MemoryMax assistantapp@%s",
+                                   str(v1["live_port"]))
+    assert int(memory_max) == (256 + 256 * 1) * 1024 * 1024
+    env = host.file(f"{APP_ROOT}/shared/app.env").content_string
+    assert "maxsize=5" in env and "WORKERS='1'" in env
+
+
+def test_a_fleet_that_does_not_fit_max_connections_is_refused(host, v1):
+    result = ansible("deploy.yml", "-e", "app_force_deploy=true",
+                     "-e", "app_db_connection_reserve=1000")
+    assert result.returncode != 0
+    assert "PostgreSQL max_connections is 30, but the app fleet may open 1010" in output(result)
+    assert state(host) == v1
+    assert ready_through_nginx() == 200
+
+
+def test_rollback_with_nothing_to_roll_back_to_says_so(host, v1):
+    result = ansible("rollback.yml")
+    assert result.returncode != 0
+    assert f"Nothing to roll back to: {v1['release']} is the first release deployed" \
+        in " ".join(output(result).split())
+    assert state(host) == v1
+    assert not host.file(f"{APP_ROOT}/deploy.lock").exists
 
 
 def test_v2_with_a_migration_goes_live(host, v1):
@@ -119,6 +208,7 @@ def test_v2_with_a_migration_goes_live(host, v1):
     result = ansible("deploy.yml", "-e", f"app_artifact={artifact}")
     assert result.returncode == 0, result.stdout[-3000:]
     live = state(host)
+    RELEASES["v2"] = live
     assert live["release"] != v1["release"]
     assert live["migration_head"] == PROBE_MIGRATION
     assert live["live_port"] != v1["live_port"]
@@ -127,22 +217,205 @@ def test_v2_with_a_migration_goes_live(host, v1):
     # The old instance was stopped after the switch; a pre-migration dump was kept.
     assert not host.service(f"assistantapp@{v1['live_port']}").is_running
     assert host.file(f"/var/backups/postgresql/predeploy/{live['release']}.dump").exists
+    # Data written after the deploy: no rollback may lose it.
+    add_user(host, "after-v2@example.test")
+    psql(host, f"INSERT INTO {PROBE_TABLE} (note) VALUES ('written under v2')")  # noqa: S608
 
 
-def test_rollback_downgrades_with_v2_code_then_switches_to_v1(host, v1):
-    result = ansible("rollback.yml")
+def test_a_target_failing_its_gate_changes_nothing(host, v1):
+    before = state(host)
+    init = host.check_output("ls %s/releases/%s/venv/lib/python3*/site-packages/app/__init__.py",
+                             APP_ROOT, v1["release"])
+    host.check_output("cp -p %s %s.orig", init, init)
+    host.check_output("printf '%%s\\n' \"import os\" \"if os.environ.get('PORT'): "
+                      "raise SystemExit('release test: v1 broken')\" >> %s", init)
+    try:
+        result = ansible("rollback.yml", "-e", "app_health_timeout=10")
+    finally:
+        host.check_output("mv %s.orig %s", init, init)
+    assert result.returncode != 0
+    assert f"The live release {before['release']} kept serving and the database was not touched" \
+        in output(result)
+    assert state(host) == before
+    assert host.file(f"{APP_ROOT}/current").linked_to.endswith(before["release"])
+    assert head(host) == PROBE_MIGRATION
+    assert rows(host, PROBE_TABLE) == "1"
+    assert not host.service(f"assistantapp@{v1['live_port']}").is_running
+    assert ready_through_nginx() == 200
+    assert not host.file(f"{APP_ROOT}/deploy.lock").exists
+
+
+def test_v3_with_a_second_migration_goes_live(host):
+    artifact = build("v3", add_witness_migration)
+    result = ansible("deploy.yml", "-e", f"app_artifact={artifact}")
     assert result.returncode == 0, result.stdout[-3000:]
-    assert re.search(r"Database: downgrade to " + re.escape(v1["migration_head"]), output(result))
+    live = state(host)
+    RELEASES["v3"] = live
+    assert live["migration_head"] == WITNESS_MIGRATION
+    assert live["previous_release"] == RELEASES["v2"]["release"]
+
+
+def test_rollback_switches_first_then_downgrades_with_the_newer_code(host, v1):
+    v2, v3 = RELEASES["v2"], RELEASES["v3"]
+    started = time.monotonic()
+    result = ansible("rollback.yml")
+    wall = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-3000:]
+    print(f"rollback wall time: {wall:.1f} s")
+    assert f"Rolled back to {v2['release']}. Database: downgrade to {PROBE_MIGRATION} done" \
+        in output(result)
+    live = state(host)
+    assert live["release"] == v2["release"]
+    assert live["migration_head"] == PROBE_MIGRATION
+    assert host.file(f"{APP_ROOT}/current").linked_to.endswith(v2["release"])
+    # v3's code downgraded (its migration's downgrade ran), v2's schema stays.
+    assert head(host) == PROBE_MIGRATION
+    assert psql(host, f"SELECT to_regclass('{WITNESS_TABLE}') IS NULL") == "t"
+    assert rows(host, PROBE_TABLE) == "1"
+    # Order: nginx and `current` were switched BEFORE the downgrade ran (PostgreSQL's clock
+    # in the witness row vs the files' times, one host, one clock).
+    downgraded_at = float(psql(host, "SELECT extract(epoch FROM max(at)) FROM release_witness"))
+    assert mtime(host, f"{APP_ROOT}/current") < downgraded_at
+    assert mtime(host, "/etc/nginx/assistantapp/upstream.conf") < downgraded_at
+    log = release_log(host)
+    assert [e["event"] for e in log[-2:]] == ["rollback", "downgrade"]
+    assert log[-2]["release"] == v2["release"] and log[-2]["from_release"] == v3["release"]
+    assert log[-1]["ok"] is True and log[-1]["migration_head"] == PROBE_MIGRATION
+    assert log[-2]["when"] <= log[-1]["when"]
+    # Nothing restored: every row written since v2 went live is still there.
+    assert users(host, "keep-me@example.test") == "1"
+    assert users(host, "after-v2@example.test") == "1"
+    assert ready_through_nginx() == 200
+    assert not host.service(f"assistantapp@{v3['live_port']}").is_running
+    assert not host.file(f"{APP_ROOT}/deploy.lock").exists
+
+
+def test_a_second_unnamed_rollback_is_refused(host, v1):
+    before = state(host)
+    result = ansible("rollback.yml")
+    assert result.returncode != 0
+    assert f"{before['release']} is live because of a rollback" in output(result)
+    assert "name the target with -e app_rollback_to=<release id>" in output(result)
+    assert v1["release"] in output(result)  # offered as a candidate
+    assert state(host) == before
+    assert head(host) == PROBE_MIGRATION
+
+
+def test_rollback_to_a_newer_release_is_refused(host):
+    before = state(host)
+    result = ansible("rollback.yml", "-e", f"app_rollback_to={RELEASES['v3']['release']}")
+    assert result.returncode != 0
+    assert f"Refusing to roll back to {RELEASES['v3']['release']}: it is newer than the live " \
+           f"release {before['release']}" in " ".join(output(result).split())
+    assert state(host) == before
+
+
+def test_a_named_rollback_whose_downgrade_fails_keeps_schema_and_data(host, v1):
+    v2 = RELEASES["v2"]
+    # The app's role may no longer drop v2's table: its downgrade fails.
+    psql(host, f"ALTER TABLE {PROBE_TABLE} OWNER TO postgres")
+    result = ansible("rollback.yml", "-e", f"app_rollback_to={v1['release']}")
+    assert result.returncode != 0
+    text = " ".join(output(result).split())
+    assert f"{v1['release']} is live on every app host, but the database downgrade to " \
+           f"{v1['migration_head']} with {v2['release']}'s code failed" in text
+    assert "must be owner of table" in text
+    assert f"The schema was left as it is (head {PROBE_MIGRATION})" in text
+    assert "No dump was restored" in text
+    # Switched (the target passed its gate), schema and every later write left in place.
     live = state(host)
     assert live["release"] == v1["release"]
-    assert host.file(f"{APP_ROOT}/current").linked_to.endswith(v1["release"])
-    assert psql(host, f"SELECT to_regclass('{PROBE_TABLE}') IS NULL") == "t"
-    assert psql(host, "SELECT count(*) FROM users WHERE email = 'keep-me@example.test'") == "1"
+    assert live["migration_head"] == PROBE_MIGRATION
+    assert head(host) == PROBE_MIGRATION
+    assert rows(host, PROBE_TABLE) == "1"
+    assert users(host, "after-v2@example.test") == "1"
+    log = release_log(host)
+    assert [e["event"] for e in log[-2:]] == ["rollback", "downgrade"]
+    assert log[-1]["ok"] is False
     assert ready_through_nginx() == 200
-    log = [json.loads(line) for line in
-           host.file(f"{APP_ROOT}/releases.log").content_string.splitlines()]
-    assert log[-1]["event"] == "rollback" and log[-1]["release"] == v1["release"]
-    assert "downgrade" in log[-1]["detail"]
+    assert not host.file(f"{APP_ROOT}/deploy.lock").exists
+
+
+@pytest.mark.parametrize("confirm", [None, "wrong-name"])
+def test_restore_without_the_confirmation_is_refused(host, confirm):
+    dump = f"{RELEASES['v2']['release']}.dump"
+    extra = ["-e", f"restore_dump={dump}"]
+    if confirm:
+        extra += ["-e", f"confirm_restore={confirm}"]
+    result = ansible("restore.yml", *extra)
+    assert result.returncode != 0
+    text = " ".join(output(result).split())
+    assert "Refusing to restore without confirmation: add -e confirm_restore=assistantapp" in text
+    assert f"It would: Restore /var/backups/postgresql/predeploy/{dump}" in text
+    assert "a safety dump of the current database" in text
+    assert not host.file("/etc/nginx/assistantapp/maintenance.on").exists
+    assert head(host) == PROBE_MIGRATION
+    assert host.service(f"assistantapp@{state(host)['live_port']}").is_running
+
+
+def test_restore_with_the_confirmation_replaces_the_database(host, v1):
+    before = state(host)
+    dump = f"{RELEASES['v2']['release']}.dump"  # taken before v2 migrated: v1's schema
+    safety_before = set(host.run("ls /var/backups/postgresql/safety").stdout.split())
+    result = ansible("restore.yml", "-e", f"restore_dump={dump}",
+                     "-e", "confirm_restore=assistantapp")
+    assert result.returncode == 0, result.stdout[-3000:]
+    # A fresh safety dump that holds the writes made after the dump being restored.
+    safety = set(host.run("ls /var/backups/postgresql/safety").stdout.split()) - safety_before
+    assert len(safety) == 1
+    assert "after-v2@example.test" in host.check_output(
+        "runuser -u postgres -- pg_restore --data-only -f - /var/backups/postgresql/safety/%s",
+        safety.pop())
+    # The dump's content and schema, and nothing of the newer migrations.
+    assert head(host) == v1["migration_head"]
+    assert psql(host, f"SELECT to_regclass('{PROBE_TABLE}') IS NULL") == "t"
+    assert psql(host, "SELECT to_regclass('release_witness') IS NULL") == "t"
+    assert users(host, "keep-me@example.test") == "1"
+    assert users(host, "after-v2@example.test") == "0"
+    assert psql(host, "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database "
+                      "WHERE datname LIKE 'assistantapp%'") == "assistantapp"
+    # v1 runs that schema and stays live; the release log says what happened.
+    live = state(host)
+    assert live["release"] == v1["release"] == before["release"]
+    assert live["migration_head"] == v1["migration_head"]
+    entry = release_log(host)[-1]
+    assert entry["event"] == "restore" and entry["release"] == v1["release"]
+    assert dump in entry["detail"] and "safety dump" in entry["detail"]
+    assert not host.file("/etc/nginx/assistantapp/maintenance.on").exists
+    assert ready_through_nginx() == 200
+    assert not host.file(f"{APP_ROOT}/deploy.lock").exists
+
+
+def test_maintenance_mode_answers_503_but_keeps_health_probes(host):
+    result = ansible("maintenance.yml", "-e", "state=sideways")
+    assert result.returncode != 0
+    assert "Nothing was changed" in output(result) or "must be one of" in output(result)
+    assert not host.file("/etc/nginx/assistantapp/maintenance.on").exists
+
+    result = ansible("maintenance.yml", "-e", "state=on")
+    assert result.returncode == 0, result.stdout[-3000:]
+    try:
+        with client() as c:
+            for path in ("/api/me", "/auth/refresh"):
+                response = c.get(f"{SITE}{path}")
+                assert response.status_code == 503, path
+                assert response.headers["content-type"].startswith("application/json")
+                assert response.json()["code"] == "maintenance"
+                assert response.json()["error"]
+            page = c.get(f"{SITE}/", headers={"Accept": "text/html"})
+            assert page.status_code == 503
+            assert page.headers["content-type"].startswith("text/html")
+            assert "maintenance" in page.text.lower()
+            assert c.get(f"{SITE}/health/ready").status_code == 200
+            assert c.get(f"{SITE}/health/live").status_code == 200
+    finally:
+        result = ansible("maintenance.yml", "-e", "state=off")
+    assert result.returncode == 0, result.stdout[-3000:]
+    with client() as c:
+        me = c.get(f"{SITE}/api/me")
+        assert me.status_code == 401
+        assert me.json()["code"] != "maintenance"
+        assert c.get(f"{SITE}/health/ready").status_code == 200
 
 
 def test_a_release_that_never_becomes_ready_never_goes_live(host):
