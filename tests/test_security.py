@@ -110,7 +110,8 @@ async def test_error_responses_carry_headers(client: Any) -> None:
 async def test_production_csp_upgrades_insecure_requests(redis_server: RedisServer) -> None:
     settings = ops_settings(REDIS_URL=redis_server.url(), APP_ENV="production",
                             CORS_ORIGIN=ALLOWED, DATABASE_URL="postgres://a@b/c",
-                            GOOGLE_TOKEN_ENCRYPTION_KEY="k" * 40)
+                            GOOGLE_TOKEN_ENCRYPTION_KEY="k" * 40,
+                            GOOGLE_REDIRECT_URI="https://app.example/auth/google/callback")
     app = make_ops_app(settings)
     try:
         response = await get(app.asgi_client, "/")

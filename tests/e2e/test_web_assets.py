@@ -4,6 +4,7 @@ and the docs must work under a strict CSP (no inline script/style) and without a
 from __future__ import annotations
 
 import dataclasses
+import re
 from html.parser import HTMLParser
 from typing import Any
 
@@ -82,8 +83,15 @@ async def test_static_assets(app: Sanic, path: str, mime: str, marker: str) -> N
 
 async def test_script_never_stores_tokens_in_web_storage(app: Sanic) -> None:
     _, response = await app.asgi_client.get("/static/app.js")
-    for storage in ("localStorage", "sessionStorage", "document.cookie"):
+    for storage in ("localStorage", "document.cookie"):
         assert storage not in response.text
+    # The one use of sessionStorage: a "sign-out not confirmed yet" flag (constant key,
+    # constant value), never a token.
+    calls = re.findall(r"sessionStorage\.(\w+)\(([^)]*)\)", response.text)
+    assert calls and response.text.count("sessionStorage") == len(calls)
+    for method, arguments in calls:
+        assert method in ("getItem", "setItem", "removeItem"), method
+        assert arguments in ("LOGOUT_PENDING", 'LOGOUT_PENDING, "1"'), arguments
 
 
 @pytest.mark.parametrize("path", ["/static/../__init__.py", "/static/%2e%2e/__init__.py",
