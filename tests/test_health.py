@@ -221,9 +221,17 @@ def test_all_up_is_healthy_with_the_seed_fields(app_server: AppServer) -> None:
     assert abs(datetime.fromisoformat(live.json()["timestamp"]).timestamp() - time.time()) < 60
 
 
+def _ready_gauge(app_server: AppServer) -> str:
+    lines = [line for line in app_server.get("/metrics").text.splitlines()
+             if line.startswith("assistantapp_ready ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
 def test_postgres_outage_degrades_and_recovers_without_restart(
         app_server: AppServer, own_postgres: PostgresServer) -> None:
     wait_until(lambda: app_server.get("/health").status_code == 200)
+    assert _ready_gauge(app_server) == "assistantapp_ready 1"
     own_postgres.stop()
     try:
         health = app_server.get("/health")
@@ -238,10 +246,13 @@ def test_postgres_outage_degrades_and_recovers_without_restart(
         assert ready.json()["status"] == "not ready"
         assert any(reason.startswith("database:") for reason in ready.json()["reasons"])
         assert app_server.get("/health/live").status_code == 200
+        # The alert rule AppNotReady reads the same answer from /metrics.
+        assert _ready_gauge(app_server) == "assistantapp_ready 0"
     finally:
         own_postgres.start()
     wait_until(lambda: app_server.get("/health").status_code == 200, timeout=20)
     wait_until(lambda: _ready_status(app_server, 200), timeout=5)
+    assert _ready_gauge(app_server) == "assistantapp_ready 1"
 
 
 def test_redis_outage_degrades_and_recovers_without_restart(

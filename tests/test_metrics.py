@@ -18,8 +18,10 @@ from sanic.response import HTTPResponse, text
 
 from app.config import Settings
 from app.ops.metrics import (
+    DURATION_BUCKETS,
     FLUSH_INTERVAL_S,
     MetricsStore,
+    RouteStats,
     aggregate,
     record_agent_execution,
     record_event,
@@ -99,6 +101,18 @@ def test_route_patterns_status_codes_durations_and_agents() -> None:
     assert count == 4
     assert total is not None and low is not None and high is not None
     assert 0 < low <= high <= total < 5
+    # A histogram: cumulative buckets ending in +Inf = count, every request counted in the
+    # first bucket that bounds it (what histogram_quantile reads for the p99 alert).
+    buckets = {le: sample(body, "assistantapp_http_request_duration_seconds_bucket",
+                          method="GET", route=route, le=le)
+               for le in [repr(bound) for bound in DURATION_BUCKETS] + ["+Inf"]}
+    values = list(buckets.values())
+    assert values == sorted(values) and buckets["+Inf"] == 4
+    first_full = next(bound for bound in DURATION_BUCKETS if bound >= high)
+    assert buckets[repr(first_full)] == 4
+    below = [bound for bound in DURATION_BUCKETS if bound < low]
+    assert all(buckets[repr(bound)] == 0 for bound in below)
+    assert "# TYPE assistantapp_http_request_duration_seconds histogram" in body
 
     assert sample(body, "assistantapp_agent_executions_total",
                   agent="email", result="success") == 2
@@ -194,6 +208,17 @@ def test_snapshots_of_other_processes_are_merged(tmp_path: Path) -> None:
     assert route.statuses == {200: 2, 404: 2}
     assert route.duration_min == pytest.approx(0.01)
     assert route.duration_max == pytest.approx(0.03)
+    # Histogram buckets add up across processes: 0.01 s falls in le=0.01, 0.03 s in le=0.05.
+    expected = [0] * (len(DURATION_BUCKETS) + 1)
+    expected[DURATION_BUCKETS.index(0.01)] = 2
+    expected[DURATION_BUCKETS.index(0.05)] = 2
+    assert route.buckets == expected
+
+
+def test_a_snapshot_without_buckets_counts_its_requests_in_the_last_one() -> None:
+    route = RouteStats.from_json({"count": 3, "sum": 0.3, "min": 0.1, "max": 0.1,
+                                  "statuses": {"200": 3}})
+    assert route.buckets == [0] * len(DURATION_BUCKETS) + [3]
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ KNOWN_EVENTS = ("ratelimit_redis_errors",)
 # Request middleware run in descending priority, response middleware in ascending: the
 # highest priority puts the timer around every other middleware.
 _AROUND_EVERYTHING = 1_000_000
+# Upper bounds (seconds) of the request duration histogram: what the p99 alert reads.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,6 +73,9 @@ class RouteStats:
     duration_min: float = float("inf")
     duration_max: float = 0.0
     statuses: dict[int, int] = field(default_factory=dict)
+    # Requests per duration bucket (DURATION_BUCKETS, then one for longer ones); not
+    # cumulative here, summed up only when rendered.
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
 
     def merge(self, other: RouteStats) -> None:
         self.count += other.count
@@ -78,20 +84,29 @@ class RouteStats:
         self.duration_max = max(self.duration_max, other.duration_max)
         for status, n in other.statuses.items():
             self.statuses[status] = self.statuses.get(status, 0) + n
+        self.buckets = [mine + theirs
+                        for mine, theirs in zip(self.buckets, other.buckets, strict=True)]
 
     def to_json(self) -> dict[str, Any]:
         return {"count": self.count, "sum": self.duration_sum,
                 "min": self.duration_min if self.count else None,
                 "max": self.duration_max,
-                "statuses": {str(status): n for status, n in self.statuses.items()}}
+                "statuses": {str(status): n for status, n in self.statuses.items()},
+                "buckets": self.buckets}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RouteStats:
         minimum = data.get("min")
+        buckets = [int(n) for n in data.get("buckets", ())]
+        if len(buckets) != len(DURATION_BUCKETS) + 1:
+            # A snapshot from before the histogram (or with other bounds): its requests count
+            # in the last bucket, so totals stay right and no bucket claims them falsely.
+            buckets = [0] * len(DURATION_BUCKETS) + [int(data["count"])]
         return cls(count=int(data["count"]), duration_sum=float(data["sum"]),
                    duration_min=float("inf") if minimum is None else float(minimum),
                    duration_max=float(data["max"]),
-                   statuses={int(k): int(v) for k, v in data["statuses"].items()})
+                   statuses={int(k): int(v) for k, v in data["statuses"].items()},
+                   buckets=buckets)
 
 
 @dataclass
@@ -145,6 +160,7 @@ class MetricsStore:
             stats.duration_min = duration
         if duration > stats.duration_max:
             stats.duration_max = duration
+        stats.buckets[bisect_left(DURATION_BUCKETS, duration)] += 1
         statuses = stats.statuses
         statuses[status] = statuses.get(status, 0) + 1
         self.version += 1
@@ -330,10 +346,16 @@ def render_prometheus(data: AggregatedMetrics, version: str) -> str:
         for status, n in sorted(stats.statuses.items()):
             lines.append("assistantapp_http_requests_total"
                          f"{_labels(method=method, route=route, status=str(status))} {n}")
-    family("assistantapp_http_request_duration_seconds", "summary",
+    family("assistantapp_http_request_duration_seconds", "histogram",
            "Time from the first request middleware to the last response middleware.")
     for (method, route), stats in routes:
         labels = _labels(method=method, route=route)
+        cumulative = 0
+        for bound, n in zip((*DURATION_BUCKETS, float("inf")), stats.buckets, strict=True):
+            cumulative += n
+            le = "+Inf" if bound == float("inf") else _num(bound)
+            lines.append("assistantapp_http_request_duration_seconds_bucket"
+                         f"{_labels(method=method, route=route, le=le)} {cumulative}")
         lines.append(f"assistantapp_http_request_duration_seconds_sum{labels} "
                      f"{_num(stats.duration_sum)}")
         lines.append(f"assistantapp_http_request_duration_seconds_count{labels} {stats.count}")
@@ -494,8 +516,28 @@ def setup_metrics(app: Sanic, settings: Settings) -> None:
         data = aggregate(request.app)
         if request.args.get("format") == "json":
             return json_response(render_json(data))
-        return text(render_prometheus(data, version) + worker_gauges(request.app),
+        return text(render_prometheus(data, version) + worker_gauges(request.app)
+                    + await readiness_gauge(request.app),
                     content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def readiness_gauge(app: Sanic) -> str:
+    """`/health/ready` as a gauge (alert "not ready"): the same result at most a second old
+    that probes get (app/ops/health.py), so a scrape costs no extra check. Empty when the
+    health endpoints are not set up."""
+    ready_cache = getattr(app.ctx, "ready_cache", None)
+    if ready_cache is None:
+        return ""
+    try:
+        result = await ready_cache.get()
+        ready = 0 if result["reasons"] else 1
+    except Exception as exc:  # a failing check is "not ready", never a failed scrape
+        log.warning("readiness check failed during a scrape: %s", exc)
+        ready = 0
+    return ("# HELP assistantapp_ready 1 while /health/ready answers 200 (database, Redis, "
+            "session store and configuration work), else 0.\n"
+            "# TYPE assistantapp_ready gauge\n"
+            f"assistantapp_ready {ready}\n")
 
 
 def _worker_metrics_dir() -> tuple[Path, bool]:
