@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 
 from sanic import Sanic
+from sanic.worker.manager import WorkerManager
+from sanic.worker.process import WorkerProcess
 
 from app.assistant import setup_assistant
 from app.auth import setup_auth
@@ -28,6 +30,15 @@ from app.ops.supervision import setup_supervision
 from app.web import setup_web
 
 APP_NAME = "assistantapp"
+
+
+# How long Sanic's main process waits for every worker to report it is serving, in tenths of
+# a second (Sanic's documented knob; its default is 30 s). Importing the app on a busy host
+# took longer than 30 s in our scenarios, and a miss takes the whole instance down; systemd's
+# TimeoutStartSec (assistantapp@.service) is longer still.
+WORKER_ACK_TIMEOUT_S = 120
+# The manager waits at start-up, each worker process when it is restarted.
+WorkerManager.THRESHOLD = WorkerProcess.THRESHOLD = WORKER_ACK_TIMEOUT_S * 10
 
 
 def create_app(settings: Settings | None = None) -> Sanic:

@@ -292,3 +292,15 @@ def test_sd_notify_speaks_the_datagram_protocol(tmp_path: Path,
     assert watchdog_interval_s() == 10.0
     monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
     assert watchdog_interval_s() is None
+
+
+def test_workers_get_longer_than_sanics_30_s_to_come_up() -> None:
+    """A busy host imports the app in more than Sanic's default 30 s; a miss kills the
+    instance at start-up (or at a supervised restart)."""
+    from sanic.worker.manager import WorkerManager
+    from sanic.worker.process import WorkerProcess
+
+    import app.factory
+
+    assert app.factory.WORKER_ACK_TIMEOUT_S == 120
+    assert WorkerManager.THRESHOLD == WorkerProcess.THRESHOLD == 1200  # tenths of a second
