@@ -25,13 +25,12 @@ from tortoise.transactions import in_transaction
 from app.assistant.conversations import BadInput, _body, bp
 from app.assistant.email_agent import (
     AgentNotice,
-    _google_access_token,
-    _token_error_notice,
     can_draft,
+    gmail_client,
     granted_scopes,
     proposal_json,
 )
-from app.assistant.gmail import GmailAccessError, GmailClient, GmailError
+from app.assistant.gmail import GmailAccessError, GmailError
 from app.auth.decorators import require_auth
 from app.db.models import DraftProposal, DraftStatus, User
 from app.errors import json_error
@@ -122,22 +121,7 @@ async def approve_draft(request: Request, proposal_id: UUID) -> HTTPResponse:
             return json_error(403, "Creating drafts needs the Gmail compose permission: sign "
                               "in with Google again and allow it.", "gmail_access_missing")
 
-        class _Ctx:
-            app = request.app
-
-        ctx: Any = _Ctx()
-        ctx.user = user
-
-        async def token(force_refresh: bool) -> str:
-            try:
-                return await _google_access_token(ctx, force_refresh)
-            except AgentNotice:
-                raise
-            except Exception as exc:
-                raise _token_error_notice(exc) from exc
-
-        gmail = GmailClient(request.app.ctx.gmail_http,
-                            request.app.config.SETTINGS.gmail_api_base_url, token)
+        gmail = gmail_client(request.app, user)
         try:
             created = await gmail.create_draft(
                 to=edits["to"], subject=edits["subject"], body=edits["body"],

@@ -109,7 +109,7 @@ def untrusted(data: Any) -> str:
                        "data": data}, ensure_ascii=False)
 
 
-async def _google_access_token(ctx: AgentContext, force_refresh: bool) -> str:
+async def _google_access_token(app: Any, user: Any, force_refresh: bool) -> str:
     # The sign-in code owns the stored tokens (decryption, refresh grant, saving the new
     # token); a forced refresh marks the stored access token as expired first.
     try:
@@ -117,8 +117,25 @@ async def _google_access_token(ctx: AgentContext, force_refresh: bool) -> str:
     except ImportError as exc:  # pragma: no cover - only before Google sign-in exists
         raise AgentNotice("gmail_access_missing", ACCESS_MISSING_MESSAGE) from exc
     if force_refresh:
-        ctx.user.google_token_expires_at = datetime(1970, 1, 1, tzinfo=UTC)
-    return await get_google_access_token(ctx.user, ctx.app)
+        user.google_token_expires_at = datetime(1970, 1, 1, tzinfo=UTC)
+    return await get_google_access_token(user, app)
+
+
+def gmail_client(app: Any, user: Any) -> GmailClient:
+    """The user's Gmail client (the agent's tools and the draft approval share it)."""
+
+    async def token(force_refresh: bool) -> str:
+        try:
+            return await _google_access_token(app, user, force_refresh)
+        except AgentNotice:
+            raise
+        except Exception as exc:
+            # GoogleTokenError and subclasses from the sign-in code, or anything the
+            # refresh grant raised: explained to the user, never a 500.
+            raise _token_error_notice(exc) from exc
+
+    http: httpx.AsyncClient = app.ctx.gmail_http
+    return GmailClient(http, app.config.SETTINGS.gmail_api_base_url, token)
 
 
 def _token_error_notice(exc: Exception) -> AgentNotice:
@@ -138,19 +155,7 @@ class EmailAgent(Agent):
         if not can_read(scopes):
             return await self._notice(ctx, AgentNotice("gmail_access_missing",
                                                        ACCESS_MISSING_MESSAGE))
-        http: httpx.AsyncClient = ctx.app.ctx.gmail_http
-
-        async def token(force_refresh: bool) -> str:
-            try:
-                return await _google_access_token(ctx, force_refresh)
-            except AgentNotice:
-                raise
-            except Exception as exc:
-                # GoogleTokenError and subclasses from the sign-in code, or anything the
-                # refresh grant raised: explained to the user, never a 500.
-                raise _token_error_notice(exc) from exc
-
-        gmail = GmailClient(http, ctx.app.config.SETTINGS.gmail_api_base_url, token)
+        gmail = gmail_client(ctx.app, ctx.user)
         messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT},
                                           *history]
         steps: list[dict[str, Any]] = []
