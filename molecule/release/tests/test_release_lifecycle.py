@@ -312,14 +312,16 @@ def test_rollback_to_a_newer_release_is_refused(host):
 
 def test_a_named_rollback_whose_downgrade_fails_keeps_schema_and_data(host, v1):
     v2 = RELEASES["v2"]
-    # The app's role may no longer drop v2's table: its downgrade fails.
-    psql(host, f"ALTER TABLE {PROBE_TABLE} OWNER TO postgres")
+    # A view of another role depends on v2's table: its downgrade (DROP TABLE) fails. (Taking
+    # the table's ownership away is not enough: the app's role owns the database and so, on
+    # PostgreSQL 15, the public schema, whose owner may drop any table in it.)
+    psql(host, f"CREATE VIEW {PROBE_TABLE}_pinned AS SELECT * FROM {PROBE_TABLE}")
     result = ansible("rollback.yml", "-e", f"app_rollback_to={v1['release']}")
     assert result.returncode != 0
     text = " ".join(output(result).split())
     assert f"{v1['release']} is live on every app host, but the database downgrade to " \
            f"{v1['migration_head']} with {v2['release']}'s code failed" in text
-    assert "must be owner of table" in text
+    assert "other objects depend on it" in text
     assert f"The schema was left as it is (head {PROBE_MIGRATION})" in text
     assert "No dump was restored" in text
     # Switched (the target passed its gate), schema and every later write left in place.
