@@ -8,6 +8,7 @@ import re
 import ssl
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -101,5 +102,8 @@ def api_user_token(host, email: str) -> str:
     now = datetime.now(UTC)
     claims = {"sub": str(user_id), "userId": user_id, "scopes": list(DEFAULT_SCOPES),
               "type": ACCESS, "iss": ISSUER, "aud": AUDIENCE, "iat": now,
-              "exp": now + timedelta(minutes=30)}
+              "exp": now + timedelta(minutes=30),
+              # A session of its own (app.auth.tokens: every access token names its
+              # refresh-token family, checked against the revoked ones).
+              "fam": str(uuid.uuid4())}
     return jwt.encode(claims, SCENARIO_VARS["app_jwt_secret"], algorithm="HS256")

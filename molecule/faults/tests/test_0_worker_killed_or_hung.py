@@ -84,19 +84,23 @@ def test_worker_with_a_stopped_event_loop_gets_the_instance_restarted(host):
         assert host.run("kill -STOP %s", str(victim)).rc == 0
         since = time.monotonic()
         seen: list[int | str] = []
+        restarted_after: list[float] = []
 
         def restarted_and_ready() -> bool:
             pid = unit_property(host, unit, "MainPID")
+            if pid not in ("0", main_pid) and not restarted_after:
+                restarted_after.append(time.monotonic() - since)
             seen.append(status_of(http, "/health/ready"))
-            return pid not in ("0", main_pid) and seen[-1] == 200
+            return bool(restarted_after) and seen[-1] == 200
 
         try:
             assert wait_for(restarted_and_ready, timeout_s=60, interval_s=0.2), seen[-5:]
         finally:
             host.run("kill -CONT %s 2>/dev/null; true", str(victim))
         took = time.monotonic() - since
-        print(f"worker loop stopped -> instance restarted by the watchdog and ready through "
-              f"nginx after {took:.2f} s; statuses meanwhile: {sorted(set(map(str, seen)))}")
+        print(f"worker loop stopped -> instance restarted by the watchdog after "
+              f"{restarted_after[0]:.2f} s, ready through nginx after {took:.2f} s; "
+              f"statuses meanwhile: {sorted(set(map(str, seen)))}")
         assert int(unit_property(host, unit, "NRestarts")) == restarts_before + 1
         log = host.run("journalctl -u %s --since '-2 min' -o cat", unit).stdout
         assert "the systemd watchdog is not fed" in log
@@ -104,4 +108,6 @@ def test_worker_with_a_stopped_event_loop_gets_the_instance_restarted(host):
             "journalctl -u %s --since '-2 min'", unit).stdout or "watchdog" in log.lower()
         # The stopped worker went with its instance (no orphan keeps the port).
         assert host.run("test -e /proc/%s", str(victim)).rc != 0
-        assert took <= HUNG_INSTANCE_RESTARTED_WITHIN_S
+        # The goal is the restart itself (detection + systemd's kill and new start); how long
+        # the new instance then takes to import and serve depends on the machine's load.
+        assert restarted_after[0] <= HUNG_INSTANCE_RESTARTED_WITHIN_S

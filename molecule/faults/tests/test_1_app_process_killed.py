@@ -80,7 +80,10 @@ def test_sigkilled_app_is_restarted_and_keeps_its_data(host):
         assert all(host.run("test -e /proc/%s", str(pid)).rc != 0 for pid in workers), workers
         # systemd did it (Restart=always), not anyone else.
         assert int(unit_property(host, unit, "NRestarts")) == restarts_before + 1
-        assert host.service(unit).is_running
+        # Active once the new main process reported READY=1 (its workers may answer a moment
+        # before that: they serve as soon as they are up).
+        assert wait_for(lambda: host.service(unit).is_running, timeout_s=30), \
+            unit_property(host, unit, "ActiveState")
         # Meanwhile nginx answered with a gateway error, never a broken connection.
         assert {s for s in seen if not isinstance(s, int)} <= {"ReadTimeout"}, seen
         assert set(s for s in seen if isinstance(s, int)) <= {200, 502, 503, 504}, seen
