@@ -20,7 +20,7 @@ SCENARIO_DIR = Path(__file__).parent.parent
 PROJECT_DIR = SCENARIO_DIR.parent.parent
 MOLECULE_YML = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())
 SCENARIO_VARS = MOLECULE_YML["provisioner"]["inventory"]["group_vars"]["all"]
-STACK_HOST = "fx-stack"
+STACK_HOST = "stack1"
 STACK_ADDRESS = MOLECULE_YML["platforms"][0]["address"]
 SITE_URL = f"https://{STACK_ADDRESS}"
 
