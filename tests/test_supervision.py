@@ -150,9 +150,10 @@ def wait_until(predicate, timeout: float, interval: float = 0.05):  # type: igno
     return None
 
 
-# The 5 s goal is asserted on a real host (molecule/stack, test_3_fault_worker_killed_or_hung). Here the suite shares two
-# cores with another pytest worker, so a new worker's start (a full app import) may take
-# longer: this test asserts that dead workers come back, within a generous bound.
+# The 5 s goal is asserted on a real host (molecule/stack,
+# test_3_fault_worker_killed_or_hung.py). Here the suite shares two cores with another
+# pytest worker, so a new worker's start (a full app import) may take longer: this test
+# asserts that dead workers come back, within a generous bound.
 REPLACED_WITHIN_S = 20
 
 

@@ -315,7 +315,7 @@ def test_a_named_rollback_whose_downgrade_fails_keeps_schema_and_data(host, v1):
     # A view of another role depends on v2's table: its downgrade (DROP TABLE) fails. (Taking
     # the table's ownership away is not enough: the app's role owns the database and so, on
     # PostgreSQL 15, the public schema, whose owner may drop any table in it.)
-    psql(host, f"CREATE VIEW {PROBE_TABLE}_pinned AS SELECT * FROM {PROBE_TABLE}")
+    psql(host, f"CREATE VIEW {PROBE_TABLE}_pinned AS SELECT * FROM {PROBE_TABLE}")  # noqa: S608
     result = ansible("rollback.yml", "-e", f"app_rollback_to={v1['release']}")
     assert result.returncode != 0
     text = " ".join(output(result).split())
