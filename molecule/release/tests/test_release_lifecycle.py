@@ -129,6 +129,14 @@ def head(host) -> str:
                       "ORDER BY id DESC LIMIT 1")
 
 
+def after_rollback_hooks(host) -> list[dict]:
+    """What the scenario's after_rollback hook was told, one entry per call."""
+    lines = host.file("/var/log/assistantapp-hooks.jsonl").content_string.splitlines()
+    calls = [json.loads(line) for line in lines]
+    assert {c["step"] for c in calls} == {"after_rollback"}
+    return [{k: c[k] for k in ("release", "previous", "downgrade_ok")} for c in calls]
+
+
 def release_log(host) -> list[dict]:
     return [json.loads(line) for line in
             host.file(f"{APP_ROOT}/releases.log").content_string.splitlines() if line.strip()]
@@ -282,6 +290,9 @@ def test_rollback_switches_first_then_downgrades_with_the_newer_code(host, v1):
     assert log[-2]["release"] == v2["release"] and log[-2]["from_release"] == v3["release"]
     assert log[-1]["ok"] is True and log[-1]["migration_head"] == PROBE_MIGRATION
     assert log[-2]["when"] <= log[-1]["when"]
+    # The after_rollback hook (molecule.yml) ran once, after the downgrade.
+    assert after_rollback_hooks(host)[-1] == {"release": v2["release"],
+                                              "previous": v3["release"], "downgrade_ok": True}
     # Nothing restored: every row written since v2 went live is still there.
     assert users(host, "keep-me@example.test") == "1"
     assert users(host, "after-v2@example.test") == "1"
@@ -334,6 +345,9 @@ def test_a_named_rollback_whose_downgrade_fails_keeps_schema_and_data(host, v1):
     log = release_log(host)
     assert [e["event"] for e in log[-2:]] == ["rollback", "downgrade"]
     assert log[-1]["ok"] is False
+    # The after_rollback hook ran too, and was told the downgrade failed.
+    assert after_rollback_hooks(host)[-1] == {"release": v1["release"],
+                                              "previous": v2["release"], "downgrade_ok": False}
     assert ready_through_nginx() == 200
     assert not host.file(f"{APP_ROOT}/deploy.lock").exists
 

@@ -112,6 +112,75 @@ def test_current_points_at_a_complete_release_and_the_log_records_it(host):
     assert not host.file(f"{APP_ROOT}/deploy.lock").exists
 
 
+def hook_calls(host) -> list[dict]:
+    log = host.file("/var/log/assistantapp-hooks.jsonl")
+    return [json.loads(line) for line in log.content_string.splitlines()] if log.exists else []
+
+
+def test_the_release_hooks_ran_once_at_their_steps(host):
+    # converge deployed the first release; the idempotence run deployed nothing, so no hook
+    # ran again. before_migrate comes from a single path, after_switch from a list.
+    release = host.file(f"{APP_ROOT}/current").linked_to.rsplit("/", 1)[-1]
+    assert hook_calls(host)[:2] == [
+        {"step": "before_migrate", "release": release, "previous": "", "env": "staging",
+         "failure": {}, "downgrade_ok": None},
+        {"step": "after_switch", "release": release, "previous": "", "env": "staging",
+         "failure": {}, "downgrade_ok": None},
+    ]
+
+
+def operator(*args: str) -> subprocess.CompletedProcess:
+    """scripts/app against this scenario's inventory, as an operator types it."""
+    script = Path(__file__).parents[3] / "scripts" / "app"
+    return subprocess.run([str(script), "-i", os.environ["MOLECULE_INVENTORY_FILE"], *args],  # noqa: S603
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_operator_status_shows_the_live_release_and_its_health(host):
+    state = json.loads(host.file(f"{APP_ROOT}/state.json").content_string)
+    result = operator("status")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    text = result.stdout
+    assert f"release: {state['release']}" in text
+    assert f"port: {state['live_port']}" in text
+    assert "ready: true" in text and "ActiveState=active" in text
+    assert "workers_serving: '2'" in text and "workers_configured: '2'" in text
+    assert f"Every app host runs {state['release']}." in text
+
+
+def test_operator_exec_runs_app_commands_with_the_live_release_and_env(host):
+    state = json.loads(host.file(f"{APP_ROOT}/state.json").content_string)
+    current = operator("exec", "db", "current")
+    assert current.returncode == 0, current.stdout[-3000:]
+    assert f"- {state['migration_head']}" in current.stdout
+    check = operator("exec", "check-config")
+    assert check.returncode == 0, check.stdout[-3000:]
+    shell = operator("shell", 'id -un; echo "env=$APP_ENV"; readlink -f .')
+    assert shell.returncode == 0, shell.stdout[-3000:]
+    assert "- assistantapp" in shell.stdout and "- env=staging" in shell.stdout
+    assert f"- {APP_ROOT}/releases/{state['release']}" in shell.stdout
+    # A failing command fails the operator's command, with its output shown.
+    failing = operator("exec", "db", "no-such-command")
+    assert failing.returncode != 0
+    assert "The command exited with 2 on stack1" in failing.stdout
+    assert "invalid choice" in failing.stdout
+    # Bad input is refused before anything runs.
+    assert operator("exec").returncode == 2
+    assert operator("logs", "-n", "many").returncode == 2
+
+
+def test_operator_logs_show_the_live_instance_journal(host):
+    port = live_port(host)
+    result = operator("logs", "-n", "5")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.stdout.count(f"assistantapp-{port}[") + result.stdout.count(
+        f"assistantapp@{port}") >= 1, result.stdout[-3000:]
+    matched = operator("logs", "--grep", "Starting worker")
+    assert matched.returncode == 0 and "Starting worker" in matched.stdout
+    nothing = operator("logs", "--grep", "no line says this 0d5b")
+    assert nothing.returncode == 0, nothing.stdout[-3000:]
+
+
 def test_the_app_listens_on_loopback_only(host):
     port = live_port(host)
     assert host.socket(f"tcp://127.0.0.1:{port}").is_listening

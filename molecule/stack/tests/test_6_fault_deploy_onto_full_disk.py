@@ -106,6 +106,14 @@ def test_deploy_onto_a_full_disk_fails_before_the_switch(host, small_releases_di
     assert failed_in, deploy_output[-3000:]
     assert failed_in.group(1) in WRITING_THE_RELEASE, failed_in.group(1)
     assert "Nothing was switched: the live release kept serving." in deploy_output
+    # The on_failure hook (molecule.yml) ran after the undo, with the failed release's facts.
+    failed_release = re.search(r"Deploy of (\S+) failed in", deploy_output).group(1)
+    hook_log = host.file("/var/log/assistantapp-hooks.jsonl").content_string.splitlines()
+    on_failure = json.loads(hook_log[-1])
+    assert on_failure["step"] == "on_failure"
+    assert on_failure["release"] == failed_release != state_before["release"]
+    assert on_failure["previous"] == state_before["release"]
+    assert on_failure["failure"]["task"] == failed_in.group(1)
 
     whole_run = json.loads(report.read_text())["windows"][0]
     assert whole_run["requests"] > 0
