@@ -289,6 +289,9 @@ def load_settings(
     return Settings(**values)
 
 
+PLACEHOLDER_PATTERN = re.compile(r"\bchange[-_ ]?me\b", re.IGNORECASE)
+
+
 def _validate(values: dict[str, Any], provided: set[str]) -> list[str]:
     errors: list[str] = []
     app_env = values.get("app_env", "development")
@@ -400,6 +403,13 @@ def _validate(values: dict[str, Any], provided: set[str]) -> list[str]:
     access, refresh = values.get("jwt_expires_in"), values.get("jwt_refresh_expires_in")
     if access is not None and refresh is not None and access > refresh:
         errors.append("JWT_EXPIRES_IN must not be longer than JWT_REFRESH_EXPIRES_IN")
+    # The inventories' vault examples mark every value to fill in with CHANGE-ME: a copied
+    # example must not pass (a placeholder may be long enough and start with sk-).
+    for setting in SETTINGS:
+        if ((setting.secret or setting.env == "GOOGLE_CLIENT_ID") and setting.env in provided
+                and PLACEHOLDER_PATTERN.search(str(values.get(setting.attr, "")))):
+            errors.append(f"{setting.env} is still the example's placeholder (CHANGE-ME): "
+                          "set the real value")
     return errors
 
 

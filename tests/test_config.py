@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from app.__main__ import CONFIG_TABLE_END, CONFIG_TABLE_START, config_table, env_example
 from app.config import (
@@ -370,3 +371,28 @@ def test_config_table_lists_every_variable_once() -> None:
     for setting in SETTINGS:
         assert table.count(f"| `{setting.env}` |") == 1
     assert "*(required)*" in table
+
+
+@pytest.mark.parametrize("inventory", ["staging", "production"])
+def test_the_vault_examples_placeholders_fail_validation(inventory: str) -> None:
+    """A vault.yml copied from the example and not filled in must not pass check-config,
+    even where a placeholder is long enough or starts with sk-."""
+    vault = yaml.safe_load((ROOT / f"inventories/{inventory}/group_vars/all/vault.yml.example")
+                           .read_text())
+    env = production_env(
+        JWT_SECRET=vault["app_jwt_secret"],
+        GOOGLE_TOKEN_ENCRYPTION_KEY=vault["app_google_token_encryption_key"],
+        GOOGLE_CLIENT_ID=vault["app_google_client_id"],
+        GOOGLE_CLIENT_SECRET=vault["app_google_client_secret"],
+        OPENAI_API_KEY=vault["app_openai_api_key"],
+        DATABASE_URL=f"postgres://assistantapp:{vault['postgresql_app_password']}@db:5432/app",
+        REDIS_URL=f"redis://assistantapp:{vault['redis_app_password']}@cache:6379/0")
+    flagged = {e.split(" ", 1)[0] for e in errors_for(env) if "placeholder (CHANGE-ME)" in e}
+    assert flagged == {"JWT_SECRET", "GOOGLE_TOKEN_ENCRYPTION_KEY", "GOOGLE_CLIENT_ID",
+                       "GOOGLE_CLIENT_SECRET", "OPENAI_API_KEY", "DATABASE_URL", "REDIS_URL"}
+
+
+def test_a_real_looking_value_is_not_a_placeholder() -> None:
+    # The marker is a word of its own: a secret that merely contains the letters passes.
+    settings = load_settings(env_with(JWT_SECRET="exchange-medley-" + "x" * 32), env_file=None)
+    assert settings.jwt_secret.startswith("exchange-medley-")
