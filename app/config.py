@@ -100,6 +100,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PORT", "port", "3000", "TCP port the server listens on.", _parse_int),
     Setting("WORKERS", "workers", "1",
             "Sanic worker processes; 0 means one per CPU.", _parse_int),
+    Setting("WORKER_MAX_MEMORY_MB", "worker_max_memory_mb", "0",
+            "A worker whose resident memory grows past this many MiB is restarted "
+            "gracefully (the others keep serving); 0 disables.", _parse_int),
     Setting("GOOGLE_CLIENT_ID", "google_client_id", None,
             "OAuth client id from the Google Cloud console (required).", secret=False),
     Setting("GOOGLE_CLIENT_SECRET", "google_client_secret", None,
@@ -177,6 +180,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 3000
     workers: int = 1
+    worker_max_memory_mb: int = 0
     google_client_id: str = ""
     google_client_secret: str = ""
     google_redirect_uri: str = "http://localhost:3000/auth/google/callback"
@@ -403,6 +407,8 @@ def _validate(values: dict[str, Any], provided: set[str]) -> list[str]:
     access, refresh = values.get("jwt_expires_in"), values.get("jwt_refresh_expires_in")
     if access is not None and refresh is not None and access > refresh:
         errors.append("JWT_EXPIRES_IN must not be longer than JWT_REFRESH_EXPIRES_IN")
+    if values.get("worker_max_memory_mb", 0) < 0:
+        errors.append("WORKER_MAX_MEMORY_MB must be 0 (off) or a number of MiB")
     # The inventories' vault examples mark every value to fill in with CHANGE-ME: a copied
     # example must not pass (a placeholder may be long enough and start with sk-).
     for setting in SETTINGS:

@@ -119,10 +119,23 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
+    yield from run_server(tmp_path)
+
+
+# Far above an idle worker of the test app (about 40 MiB), far below one that grew 300 MiB.
+WORKER_MEMORY_LIMIT_MIB = 200
+
+
+@pytest.fixture
+def memory_limited_server(tmp_path: Path) -> Iterator[Server]:
+    yield from run_server(tmp_path, WORKER_MAX_MEMORY_MB=str(WORKER_MEMORY_LIMIT_MIB))
+
+
+def run_server(tmp_path: Path, **extra_env: str) -> Iterator[Server]:
     notify = NotifyListener(str(tmp_path / "notify.sock"))
     port = free_port()
     env = {**os.environ, "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(WATCHDOG_USEC),
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", **extra_env}
     env.pop("WATCHDOG_PID", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sanic", "tests.supervised_app:create_app", "--factory",
@@ -259,6 +272,70 @@ class DeadProcess:
 
     def is_alive(self) -> bool:
         return False
+
+
+def test_a_worker_over_its_memory_limit_is_restarted_and_the_other_keeps_serving(
+        memory_limited_server: Server) -> None:
+    server = memory_limited_server
+    before = wait_until(lambda: len(p := server.serving_pids()) == 2 and p, timeout=30)
+    assert before
+    grown = httpx.get(server.url("/grow/300"), timeout=30).json()
+    leaker = grown["pid"]
+    assert leaker in before
+    # Replaced by a new worker; the other one was never touched; the instance lives on.
+    after = wait_until(lambda: (len(p := server.serving_pids()) == 2 and leaker not in p
+                                and p), timeout=REPLACED_WITHIN_S)
+    assert after, server.workers()
+    assert before - {leaker} <= after
+    assert server.proc.poll() is None
+    assert not _alive(leaker)
+    # The replacement starts small: it is not restarted again and again.
+    time.sleep(2)
+    assert server.serving_pids() == after
+
+
+def test_memory_is_read_from_proc_and_the_limit_applies_once_per_worker() -> None:
+    from app.ops.supervision import resident_mib
+
+    hog = subprocess.Popen([sys.executable, "-c",
+                            "import sys, time; x = b'1' * (120 * 2**20); "
+                            "sys.stdout.write('ok\\n'); sys.stdout.flush(); time.sleep(30)"],
+                           stdout=subprocess.PIPE)
+    try:
+        assert hog.stdout is not None and hog.stdout.readline() == b"ok\n"
+        used = resident_mib(hog.pid)
+        assert used is not None and 120 <= used < 200
+    finally:
+        hog.kill()
+        hog.wait()
+    assert resident_mib(hog.pid) is None  # gone
+
+    now = [10.0]
+    restarts: list[str] = []
+    usage = {101: 50.0, 102: 500.0}
+    supervisor = Supervisor(processes=lambda: [ServingProcess("Sanic-Server-0-0", 101),
+                                               ServingProcess("Sanic-Server-0-1", 102)],
+                            request_restart=restarts.append, give_up=pytest.fail,
+                            expected_workers=2, notify=lambda message: True,
+                            clock=lambda: now[0], max_worker_memory_mib=256,
+                            memory_of=usage.get)
+    for _ in range(20):  # 4 s of ticks: one restart request, not one per check
+        supervisor.check()
+        now[0] += 0.2
+    assert restarts == ["Sanic-Server-0-1"]
+    supervisor.max_worker_memory_mib = 0  # off: nobody is restarted for memory
+    supervisor.memory_restarted.clear()
+    now[0] += 60
+    supervisor.check()
+    assert restarts == ["Sanic-Server-0-1"]
+
+
+@dataclass
+class ServingProcess:
+    name: str
+    pid: int
+    exitcode: int | None = None
+    state: ProcessState = ProcessState.ACKED
 
 
 def test_a_worker_that_cannot_be_replaced_ends_the_instance() -> None:

@@ -24,6 +24,11 @@ the missing supervision, in the main process, through Sanic's public extension p
   - a worker that stays down (its replacement crashes or never comes up) makes the whole
     instance exit with status 1, so systemd (``Restart=always``) starts it from scratch; an
     instance is never "active" without its workers.
+  - a worker whose resident memory grows past ``WORKER_MAX_MEMORY_MB`` is restarted the
+    same way (Sanic stops it gracefully and starts a new one) while the other workers keep
+    serving: a leak costs one worker's restart, not the whole instance to the cgroup's OOM
+    killer (the unit's ``MemoryMax`` stays the outer bound). These restarts count towards
+    the crash-loop limit below.
   - under systemd (``Type=notify``) it sends ``READY=1`` once every worker serves, and
     ``WATCHDOG=1`` only while every serving worker's heartbeat is fresh. A worker whose
     event loop is blocked stops its heartbeat, the watchdog is no longer fed, and systemd
@@ -74,6 +79,8 @@ MAX_RESTARTS = 10
 RESTART_WINDOW_S = 60.0
 # Without a systemd watchdog (tests, `sanic` by hand) a worker counts as hung after this.
 DEFAULT_STALE_AFTER_S = 5.0
+# How often the workers' resident memory is read (one small /proc read per worker).
+MEMORY_CHECK_INTERVAL_S = 1.0
 
 PR_SET_PDEATHSIG = 1
 
@@ -140,6 +147,16 @@ async def _send_heartbeats(address: str | bytes) -> None:
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
 
+def resident_mib(pid: int) -> float | None:
+    """Resident memory of a process in MiB (/proc/<pid>/statm), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as statm:
+            resident_pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 @dataclass
 class WorkerWatch:
     """What the supervisor knows about one server process slot (by Sanic process name)."""
@@ -167,6 +184,11 @@ class Supervisor:
     notify: Callable[[str], bool] = sd_notify
     heartbeat_socket: socket.socket | None = None
     clock: Callable[[], float] = time.monotonic
+    # 0: no per-worker memory limit. `memory_of` returns a pid's resident MiB.
+    max_worker_memory_mib: int = 0
+    memory_of: Callable[[int], float | None] = resident_mib
+    last_memory_check: float = 0.0
+    memory_restarted: set[int] = field(default_factory=set)
     watches: dict[str, WorkerWatch] = field(default_factory=dict)
     heartbeats: dict[int, float] = field(default_factory=dict)
     restarts: list[float] = field(default_factory=list)
@@ -221,7 +243,23 @@ class Supervisor:
                     now - watch.restart_requested_at >= REPLACE_DEADLINE_S / 4:
                 self._restart(name, watch, now)
             self._check_replacement(name, watch, now)
+        self._check_memory(now, serving)
         self._notify_systemd(now, serving)
+
+    def _check_memory(self, now: float, serving: list[tuple[str, int]]) -> None:
+        if (not self.max_worker_memory_mib or self.stopping
+                or now - self.last_memory_check < MEMORY_CHECK_INTERVAL_S):
+            return
+        self.last_memory_check = now
+        self.memory_restarted &= {pid for _, pid in serving}
+        for name, pid in serving:
+            used = self.memory_of(pid)
+            if used is None or used <= self.max_worker_memory_mib or pid in self.memory_restarted:
+                continue
+            log.warning("worker %s (pid %s) uses %.0f MiB, over its %d MiB limit; restarting "
+                        "it gracefully", name, pid, used, self.max_worker_memory_mib)
+            self.memory_restarted.add(pid)
+            self._restart(name, self.watches[name], now)
 
     def _restart(self, name: str, watch: WorkerWatch, now: float) -> None:
         self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S]
@@ -367,6 +405,8 @@ def setup_supervision(app: Sanic) -> None:
             expected_workers=manager.num_server,
             watchdog_s=watchdog_interval_s(),
             heartbeat_socket=getattr(app.ctx, "heartbeat_socket", None),
+            max_worker_memory_mib=getattr(app.config.get("SETTINGS"), "worker_max_memory_mb",
+                                          0),
         )
         app.ctx.supervisor = supervisor
         # For /metrics (worker_gauges): the workers start after this listener.
