@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
 import os
@@ -41,7 +42,8 @@ from sanic.response import HTTPResponse, json
 
 from app.config import Settings
 from app.http import httpx_tls_context
-from app.ops.metrics import agents_json, aggregate, resident_memory_bytes
+from app.ops.clientip import client_ip
+from app.ops.metrics import agents_json, aggregate, client_allowed, resident_memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +327,13 @@ def setup_health(app: Sanic, settings: Settings) -> None:
 
     ready_cache = CachedCheck(readiness)
     app.ctx.ready_cache = ready_cache
+    # Details (pid, versions, memory, error texts that may name internal addresses) only for
+    # the networks that may read /metrics; the public gets the status alone.
+    detail_networks = [ipaddress.ip_network(net, strict=False)
+                       for net in settings.metrics_allowed_cidrs]
+
+    def may_see_details(request: Request) -> bool:
+        return client_allowed(client_ip(request), detail_networks)
 
     @app.get("/health/live", name="health_live")
     async def live(request: Request) -> HTTPResponse:
@@ -336,14 +345,15 @@ def setup_health(app: Sanic, settings: Settings) -> None:
         result = await ready_cache.get()
         body: dict[str, Any] = {"checks": result["checks"], "checkedAt": result["checkedAt"]}
         if result["reasons"]:
-            return json({"status": "not ready", "reasons": result["reasons"], **body},
-                        status=503)
+            reasons = {"reasons": result["reasons"]} if may_see_details(request) else {}
+            return json({"status": "not ready", **reasons, **body}, status=503)
         return json({"status": "ready", **body})
 
     @app.get("/health", name="health")
     @answer_unhealthy_on_error
     async def health(request: Request) -> HTTPResponse:
         start = time.perf_counter()
+        details = may_see_details(request)
         database, redis, session_store = await asyncio.gather(
             check_database(), check_redis(request.app), check_session_store(request.app))
         auth = check_auth_config(settings)
@@ -360,6 +370,9 @@ def setup_health(app: Sanic, settings: Settings) -> None:
                     "sessionStore": session_store["status"], "auth": auth["status"],
                     "gmail": gmail["status"], "rateLimiter": rate_limiter["status"]}
         all_healthy = (all(s == HEALTHY for s in services.values()) and checker.healthy)
+        if not details:
+            return json({"status": HEALTHY if all_healthy else DEGRADED},
+                        status=200 if all_healthy else 503)
         body = {
             "status": HEALTHY if all_healthy else DEGRADED,
             "timestamp": _now_iso(),
