@@ -79,7 +79,35 @@ def test_body_larger_than_the_app_limit_is_refused_by_nginx():
     with client() as http:
         response = http.post(f"{SITE}/", content=b"x" * (1024 * 1024 + 10),
                              headers={"Content-Type": "application/json"})
-    assert response.status_code == 413
+        assert response.status_code == 413
+        # A browser gets a small page; the API its JSON error like the app's own.
+        assert response.headers["content-type"].startswith("text/html")
+        assert "The request body is too large." in response.text
+        api = http.post(f"{SITE}/api/conversations", content=b"x" * (1024 * 1024 + 10),
+                        headers={"Content-Type": "application/json"})
+    assert api.status_code == 413
+    assert api.headers["content-type"] == "application/json"
+    assert api.json() == {"error": "The request body is too large.", "code": "payload_too_large"}
+
+
+def test_nginx_own_errors_on_api_paths_are_json():
+    with client() as http:
+        # nginx refuses TRACE itself (405) and headers past its buffers (494, sent as 400).
+        trace = http.request("TRACE", f"{SITE}/auth/me")
+        huge = http.get(f"{SITE}/api/conversations", headers={"X-Padding": "p" * 20000})
+        page = http.get(f"{SITE}/", headers={"X-Padding": "p" * 20000})
+    assert trace.status_code == 405 and trace.json()["code"] == "method_not_allowed"
+    assert huge.status_code == 400 and huge.json() == {
+        "error": "The request headers are too large.", "code": "header_too_large"}
+    assert page.status_code == 400 and page.headers["content-type"].startswith("text/html")
+
+
+def test_hsts_is_sent_once():
+    with client() as http:
+        for path in ("/", "/health/ready", "/api/conversations", "/no-such-page"):
+            response = http.get(f"{SITE}{path}")
+            assert response.headers.get_list("strict-transport-security") == [
+                "max-age=63072000"], (path, response.headers)
 
 
 def test_the_unit_is_sandboxed(host):
