@@ -170,6 +170,17 @@ def test_probes_and_metrics_are_exempt(redis_url: str) -> None:
         assert server.get().status == 429
 
 
+def test_the_page_and_its_files_spend_no_api_budget(redis_url: str) -> None:
+    with OpsServer(REDIS_URL=redis_url, RATE_LIMIT_MAX_REQUESTS="1") as server:
+        for path in ("/", "/static/app.js", "/static/app.css", "/favicon.ico") * 3:
+            assert "ratelimit-limit" not in server.get(path).headers, path
+        assert server.get().status == 200
+        assert server.get().status == 429
+        # Writes to the page's paths are not page loads: they count.
+        _, response = server.client.post("/", headers={})
+        assert response.status == 429
+
+
 def test_errors_and_unknown_paths_count_too(redis_url: str) -> None:
     with OpsServer(REDIS_URL=redis_url, RATE_LIMIT_MAX_REQUESTS="2") as server:
         assert server.get("/api/nope").status == 404

@@ -36,6 +36,15 @@ from app.ops.clientip import client_ip
 log = logging.getLogger(__name__)
 
 EXEMPT_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
+# The page and its files are not the API: a page load must not spend the per-IP API budget
+# (it used to cost 4 of the 100 requests of a window).
+PAGE_PATHS = frozenset({"/", "/favicon.ico"})
+PAGE_PREFIX = "/static/"
+
+
+def is_exempt(method: str, path: str) -> bool:
+    return path in EXEMPT_PATHS or (method in ("GET", "HEAD") and (
+        path in PAGE_PATHS or path.startswith(PAGE_PREFIX)))
 KEY_PREFIX = "ratelimit:"
 TOO_MANY_MESSAGE = "Too many requests from this IP, please try again later."
 REDIS_WARNING_INTERVAL_S = 60.0
@@ -181,7 +190,7 @@ def setup_rate_limit(app: Sanic, settings: Settings) -> None:
     # Plain functions: Sanic awaits a middleware's result only when it is awaitable, so
     # exempt requests (probes, scrapes) and responses without a decision cost no coroutine.
     def enforce_rate_limit(request: Request) -> Coroutine[Any, Any, HTTPResponse | None] | None:
-        if request.path in EXEMPT_PATHS:
+        if is_exempt(request.method, request.path):
             return None
         return count_request(request)
 

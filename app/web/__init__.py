@@ -7,10 +7,13 @@ file from 'self'; nothing inline, no CDN).
 
 from __future__ import annotations
 
+import hashlib
+import re
+from functools import cache
 from pathlib import Path
 
 from sanic import Request, Sanic
-from sanic.response import HTTPResponse, file
+from sanic.response import HTTPResponse, html
 
 from app.config import Settings
 
@@ -18,6 +21,11 @@ STATIC_DIR = Path(__file__).parent / "static"
 INDEX_FILE = STATIC_DIR / "index.html"
 DOCS_PAGE = Path(__file__).parent / "docs" / "index.html"
 OPENAPI_JSON_PATH = "/docs/openapi.json"
+# A versioned asset URL (/static/app.js?v=<its digest>) never changes content: browsers and
+# caches keep it a year. The page itself is revalidated (ETag), so a new release's page
+# names the new versions at once.
+IMMUTABLE = "public, max-age=31536000, immutable"
+STATIC_REFERENCE = re.compile(r"""(["'])/static/([\w.-]+)\1""")
 
 API_DESCRIPTION = """\
 JSON API of the assistant. Sign in with Google at `/auth/google` (browser flow); the
@@ -57,20 +65,47 @@ def setup_openapi(app: Sanic, settings: Settings) -> None:
                                         bearer_format="JWT")
 
 
+@cache
+def static_versions() -> dict[str, str]:
+    """Each static file's content digest (its version), read once per process."""
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+            for path in STATIC_DIR.iterdir() if path.is_file()}
+
+
+def with_versioned_assets(page: str) -> str:
+    """`/static/<name>` references in a page, with `?v=<digest>` appended."""
+    versions = static_versions()
+
+    def versioned(match: re.Match[str]) -> str:
+        quote, name = match.group(1), match.group(2)
+        if name not in versions:
+            return match.group(0)
+        return f"{quote}/static/{name}?v={versions[name]}{quote}"
+
+    return STATIC_REFERENCE.sub(versioned, page)
+
+
 def setup_web(app: Sanic, settings: Settings) -> None:
     setup_openapi(app, settings)
+    index_page = with_versioned_assets(INDEX_FILE.read_text(encoding="utf-8"))
+    index_etag = '"' + hashlib.sha256(index_page.encode()).hexdigest()[:16] + '"'
 
     @app.get("/", name="web_index")
     async def index(request: Request) -> HTTPResponse:
-        response = await file(INDEX_FILE, mime_type="text/html; charset=utf-8")
-        # The page is tiny and changes with each release: always revalidate.
-        response.headers["Cache-Control"] = "no-cache"
-        return response
+        # The page is tiny and changes with each release: always revalidated.
+        headers = {"Cache-Control": "no-cache", "ETag": index_etag}
+        if index_etag in request.headers.get("if-none-match", ""):
+            return HTTPResponse(status=304, headers=headers)
+        return html(index_page, headers=headers)
 
     app.static("/static", STATIC_DIR, name="web_static", use_modified_since=True)
 
     # Plain (not async) middleware: it runs on every response and never awaits.
     @app.on_response
-    def revalidate_static(request: Request, response: HTTPResponse) -> None:
+    def cache_static(request: Request, response: HTTPResponse) -> None:
         if request.path.startswith("/static/") and response.status == 200:
-            response.headers["Cache-Control"] = "no-cache"
+            name = request.path.removeprefix("/static/")
+            current = static_versions().get(name)
+            # Only the current version may be kept: an old or made-up ?v= is revalidated.
+            response.headers["Cache-Control"] = (
+                IMMUTABLE if current and request.args.get("v") == current else "no-cache")

@@ -4,6 +4,7 @@ and the docs must work under a strict CSP (no inline script/style) and without a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from html.parser import HTMLParser
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from sanic import Sanic
 
 from app.auth.google import GoogleAuthError, error_response
+from app.web import STATIC_DIR, static_versions
 
 
 class InlineCodeFinder(HTMLParser):
@@ -64,7 +66,26 @@ async def test_index_page_is_served_and_csp_clean(app: Sanic) -> None:
     assert 'href="/auth/google"' in response.text
     problems, scripts = csp_problems(response.text)
     assert problems == []
-    assert scripts == ["/static/app.js"]
+    assert scripts == [f"/static/app.js?v={static_versions()['app.js']}"]
+    # Revalidated with its ETag: a 304 while it is unchanged.
+    assert response.headers["cache-control"] == "no-cache"
+    _, again = await app.asgi_client.get("/", headers={"If-None-Match": response.headers["etag"]})
+    assert again.status == 304
+
+
+async def test_versioned_assets_are_kept_a_year_and_others_revalidated(app: Sanic) -> None:
+    _, page = await app.asgi_client.get("/")
+    referenced = re.findall(r'"(/static/[\w.-]+)\?v=(\w+)"', page.text)
+    assert {path for path, _ in referenced} == {"/static/favicon.svg", "/static/app.css",
+                                                "/static/app.js"}
+    for path, version in referenced:
+        # The version is the file's content digest: a changed file gets a new URL.
+        content = (STATIC_DIR / path.removeprefix("/static/")).read_bytes()
+        assert version == hashlib.sha256(content).hexdigest()[:12]
+        _, current = await app.asgi_client.get(f"{path}?v={version}")
+        assert current.headers["cache-control"] == "public, max-age=31536000, immutable"
+        _, stale = await app.asgi_client.get(f"{path}?v=000000000000")
+        assert stale.headers["cache-control"] == "no-cache"
 
 
 @pytest.mark.parametrize(("path", "mime", "marker"), [
