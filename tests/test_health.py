@@ -196,6 +196,9 @@ def test_the_public_gets_the_status_alone(app_server: AppServer) -> None:
     assert response.json() == {"status": "healthy"}
     ready = app_server.get("/health/ready", headers=PUBLIC_CLIENT).json()
     assert ready["status"] == "ready" and set(ready) == {"status", "checks", "checkedAt"}
+    # A forwarded address that is not one is no address of ours either.
+    junk = app_server.get("/health", headers={"X-Forwarded-For": "garbage"})
+    assert junk.json() == {"status": "healthy"}
     # An allowed network (the metrics networks, through the proxy) still gets the details.
     inside = app_server.get("/health", headers={"X-Forwarded-For": "127.0.0.5"}).json()
     assert inside["pid"] > 0 and "memory" in inside

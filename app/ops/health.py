@@ -42,7 +42,7 @@ from sanic.response import HTTPResponse, json
 
 from app.config import Settings
 from app.http import httpx_tls_context
-from app.ops.clientip import client_ip
+from app.ops.clientip import INVALID_FORWARDED_CLIENT, client_ip, parse_ip
 from app.ops.metrics import agents_json, aggregate, client_allowed, resident_memory_bytes
 
 log = logging.getLogger(__name__)
@@ -333,7 +333,12 @@ def setup_health(app: Sanic, settings: Settings) -> None:
                        for net in settings.metrics_allowed_cidrs]
 
     def may_see_details(request: Request) -> bool:
-        return client_allowed(client_ip(request), detail_networks)
+        client = client_ip(request)
+        if parse_ip(client) is None:
+            # No address: a UNIX socket or in-process (ASGI) peer, i.e. this host itself;
+            # but never a client whose forwarded address was junk.
+            return client != INVALID_FORWARDED_CLIENT
+        return client_allowed(client, detail_networks)
 
     @app.get("/health/live", name="health_live")
     async def live(request: Request) -> HTTPResponse:
