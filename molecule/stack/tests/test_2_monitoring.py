@@ -89,8 +89,12 @@ def test_every_target_is_scraped_and_up(host):
 
 
 def test_exporters_reach_what_they_export(host):
+    # Up within a few scrapes (the tests before restarted these services, so the newest
+    # sample may still be from a moment they were down).
     for metric in ("pg_up", "redis_up", "nginx_up"):
-        result = wait_for(lambda metric=metric: query(host, metric), timeout=30)
+        wait_for(lambda metric=metric: [r["value"][1] for r in query(host, metric)] == ["1"],
+                 timeout=30)
+        result = query(host, metric)
         assert [r["value"][1] for r in result] == ["1"], (metric, result)
     # The PostgreSQL exporter's role reads pg_stat_activity (pg_monitor), max_connections too.
     assert query(host, "pg_settings_max_connections"), "no pg_settings_max_connections"

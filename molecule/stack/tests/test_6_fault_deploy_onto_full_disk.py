@@ -48,8 +48,10 @@ WRITING_THE_RELEASE = {
 
 def new_release_artifact(live_manifest: dict, directory: Path) -> Path:
     """The live release's artifact with another source digest (the deploy sees new code)."""
-    # Where the app role keeps the artifacts it built (app_artifact_dir).
-    source = PROJECT_DIR / ".tmp" / "release-artifacts" / f"{live_manifest['name']}.tar.gz"
+    # The artifact this scenario's converge built and deployed (app_artifact in molecule.yml).
+    source = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "artifact" / \
+        f"{live_manifest['name']}.tar.gz"
+    assert source.is_file(), f"the scenario's artifact {source} is missing"
     target = directory / f"{live_manifest['name']}-faults.tar.gz"
     manifest = {**live_manifest, "source_digest": "faults0000000000",
                 "commit": "faults000000", "name": target.name.removesuffix(".tar.gz")}
