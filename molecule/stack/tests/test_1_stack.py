@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -100,6 +101,23 @@ def test_nginx_own_errors_on_api_paths_are_json():
     assert huge.status_code == 400 and huge.json() == {
         "error": "The request headers are too large.", "code": "header_too_large"}
     assert page.status_code == 400 and page.headers["content-type"].startswith("text/html")
+
+
+def test_the_page_files_are_served_from_nginx_cache(host):
+    with client() as http:
+        page = http.get(f"{SITE}/")
+        assert page.headers["cache-control"] == "no-cache" and page.headers["etag"]
+        script = re.search(r'src="(/static/app\.js\?v=\w+)"', page.text).group(1)
+        first = http.get(f"{SITE}{script}")
+        assert first.headers["cache-control"] == "public, max-age=31536000, immutable"
+        # Stored by nginx after the first request (an unversioned URL never is).
+        cached = host.run("grep -rls %s /var/lib/nginx/assistantapp-static", f"KEY: {script}")
+        assert cached.rc == 0 and cached.stdout.strip(), cached
+        again = http.get(f"{SITE}{script}")
+        assert again.content == first.content
+        plain = http.get(f"{SITE}/static/app.js")
+        assert plain.headers["cache-control"] == "no-cache"
+    assert host.run("grep -rl 'KEY: /static/app.js$' /var/lib/nginx/assistantapp-static").rc != 0
 
 
 def test_hsts_is_sent_once():
