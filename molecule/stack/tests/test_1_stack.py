@@ -187,6 +187,7 @@ def test_operator_status_shows_the_live_release_and_its_health(host):
     result = operator("status")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = result.stdout
+    print(text)
     assert f"release: {state['release']}" in text
     assert f"port: {state['live_port']}" in text
     assert "ready: true" in text and "ActiveState=active" in text
