@@ -14,10 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from app.config import SETTINGS, ConfigError, Setting, load_settings
+from app.config import FEATURE_VARIABLES, SETTINGS, ConfigError, Setting, load_settings
 
 CONFIG_TABLE_START = "<!-- config-table:start -->"
 CONFIG_TABLE_END = "<!-- config-table:end -->"
+# Required in production only; elsewhere unset means that feature is off.
+PRODUCTION_ONLY = frozenset(name for names in FEATURE_VARIABLES.values() for name in names)
 
 # Placeholders written to .env.example for variables without a usable default. Each one
 # FAILS validation on purpose, so a copied example can never go live unedited.
@@ -38,7 +40,9 @@ def config_table() -> str:
     """The README's configuration reference, generated from app.config.SETTINGS."""
     lines = ["| Variable | Default | Secret | Description |", "| --- | --- | --- | --- |"]
     for setting in SETTINGS:
-        if setting.default is None:
+        if setting.default is None and setting.env in PRODUCTION_ONLY:
+            default = "*(required in production)*"
+        elif setting.default is None:
             default = "*(required)*"
         elif setting.default == "":
             default = "*(empty)*"

@@ -104,9 +104,11 @@ SETTINGS: tuple[Setting, ...] = (
             "A worker whose resident memory grows past this many MiB is restarted "
             "gracefully (the others keep serving); 0 disables.", _parse_int),
     Setting("GOOGLE_CLIENT_ID", "google_client_id", None,
-            "OAuth client id from the Google Cloud console (required).", secret=False),
+            "OAuth client id from the Google Cloud console (required in production; unset "
+            "elsewhere: sign-in is off).", secret=False),
     Setting("GOOGLE_CLIENT_SECRET", "google_client_secret", None,
-            "OAuth client secret (required).", secret=True),
+            "OAuth client secret (required in production; unset elsewhere: sign-in is off).",
+            secret=True),
     Setting("GOOGLE_REDIRECT_URI", "google_redirect_uri",
             "http://localhost:3000/auth/google/callback",
             "Callback URL registered with Google."),
@@ -121,7 +123,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GMAIL_API_BASE_URL", "gmail_api_base_url", "https://gmail.googleapis.com",
             "Base URL of the Gmail REST API."),
     Setting("OPENAI_API_KEY", "openai_api_key", None,
-            "OpenAI API key, starts with sk- (required outside development).", secret=True),
+            "OpenAI API key, starts with sk- (required in production; unset elsewhere: the "
+            "assistant is off).", secret=True),
     Setting("OPENAI_MODEL", "openai_model", "gpt-4o-mini", "Chat model name."),
     Setting("OPENAI_BASE_URL", "openai_base_url", "https://api.openai.com/v1",
             "Base URL of the OpenAI-compatible API."),
@@ -221,6 +224,16 @@ class Settings:
     def openai_configured(self) -> bool:
         return bool(self.openai_api_key)
 
+    @property
+    def google_configured(self) -> bool:
+        return bool(self.google_client_id and self.google_client_secret)
+
+    def features(self) -> dict[str, dict[str, Any]]:
+        """Which features are on, and what turns an off one on (for the page and /health)."""
+        enabled = {"signIn": self.google_configured, "assistant": self.openai_configured}
+        return {name: {"enabled": on, "enableWith": [] if on else FEATURE_VARIABLES[name]}
+                for name, on in enabled.items()}
+
     def redacted(self) -> dict[str, Any]:
         """Settings as a dict with secrets masked, safe for logs and /health."""
         secret_attrs = {s.attr for s in SETTINGS if s.secret}
@@ -293,6 +306,12 @@ def load_settings(
     return Settings(**values)
 
 
+# What turns each optional feature on (outside production, where all are required).
+FEATURE_VARIABLES: dict[str, list[str]] = {
+    "signIn": ["GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET"],
+    "assistant": ["OPENAI_API_KEY"],
+}
+
 PLACEHOLDER_PATTERN = re.compile(r"\bchange[-_ ]?me\b", re.IGNORECASE)
 
 
@@ -303,14 +322,21 @@ def _validate(values: dict[str, Any], provided: set[str]) -> list[str]:
         errors.append(f"APP_ENV: '{app_env}' must be one of {', '.join(APP_ENVS)}")
     production = app_env == "production"
 
-    required = ["GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET", "OPENAI_API_KEY", "JWT_SECRET"]
-    if app_env == "development":
-        # A developer may run the app without a model: the assistant then answers
-        # "assistant not configured" (503) instead of the whole app refusing to start.
-        required.remove("OPENAI_API_KEY")
+    # Production needs every feature. Elsewhere (a local deploy, development, staging
+    # without keys) Google sign-in and the assistant may be left unset: they are then off,
+    # and /api/features, /health and the page say which variables turn them on.
+    required = ["JWT_SECRET"]
+    if production:
+        required[:0] = FEATURE_VARIABLES["signIn"] + FEATURE_VARIABLES["assistant"]
     for name in required:
         if name not in provided:
-            errors.append(f"Required environment variable {name} is not set")
+            errors.append(f"Required environment variable {name} is not set"
+                          + ("" if name == "JWT_SECRET" else " (required in production)"))
+    google_given = [name for name in FEATURE_VARIABLES["signIn"] if name in provided]
+    if len(google_given) == 1:
+        missing = next(n for n in FEATURE_VARIABLES["signIn"] if n not in provided)
+        errors.append(f"{google_given[0]} is set but {missing} is not: set both (Google "
+                      "sign-in on) or neither (sign-in off)")
 
     for name, attr in (("GOOGLE_CLIENT_ID", "google_client_id"),
                        ("GOOGLE_CLIENT_SECRET", "google_client_secret")):

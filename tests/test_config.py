@@ -75,19 +75,43 @@ def test_valid_production_environment_loads() -> None:
 
 
 @pytest.mark.parametrize("name", REQUIRED)
-def test_each_required_variable(name: str) -> None:
-    env = env_with()
+def test_each_required_variable_in_production(name: str) -> None:
+    env = production_env()
     del env[name]
-    assert f"Required environment variable {name} is not set" in errors_for(env)
+    suffix = "" if name == "JWT_SECRET" else " (required in production)"
+    assert f"Required environment variable {name} is not set{suffix}" in errors_for(env)
 
 
 @pytest.mark.parametrize("app_env", ["development", "staging", "production", "test"])
 def test_required_variables_in_every_environment(app_env: str) -> None:
     errors = errors_for({"APP_ENV": app_env})
-    for name in REQUIRED:
-        if app_env == "development" and name == "OPENAI_API_KEY":
-            continue
-        assert f"Required environment variable {name} is not set" in errors
+    assert "Required environment variable JWT_SECRET is not set" in errors
+    for name in ("GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET", "OPENAI_API_KEY"):
+        message = f"Required environment variable {name} is not set (required in production)"
+        assert (message in errors) == (app_env == "production"), (name, errors)
+
+
+@pytest.mark.parametrize("app_env", ["development", "staging", "test"])
+def test_outside_production_sign_in_and_assistant_may_be_off(app_env: str) -> None:
+    env = env_with(APP_ENV=app_env)
+    for name in ("GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET", "OPENAI_API_KEY"):
+        del env[name]
+    settings = load_settings(env, env_file=None)
+    assert not settings.google_configured and not settings.openai_configured
+    assert settings.features() == {
+        "signIn": {"enabled": False, "enableWith": ["GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET"]},
+        "assistant": {"enabled": False, "enableWith": ["OPENAI_API_KEY"]},
+    }
+    on = load_settings(env_with(APP_ENV=app_env), env_file=None).features()
+    assert on == {"signIn": {"enabled": True, "enableWith": []},
+                  "assistant": {"enabled": True, "enableWith": []}}
+
+
+def test_half_a_google_client_is_refused() -> None:
+    env = env_with(APP_ENV="staging")
+    del env["GOOGLE_CLIENT_SECRET"]
+    assert ("GOOGLE_CLIENT_ID is set but GOOGLE_CLIENT_SECRET is not: set both (Google "
+            "sign-in on) or neither (sign-in off)") in errors_for(env)
 
 
 def test_development_runs_without_a_model_key() -> None:
@@ -268,7 +292,7 @@ def test_every_failure_reported_at_once() -> None:
     expected = [
         "PORT: 'abc' is not an integer",
         "METRICS_ENABLED: 'perhaps' is not a boolean (use true/false)",
-        "Required environment variable GOOGLE_CLIENT_SECRET is not set",
+        "Required environment variable GOOGLE_CLIENT_SECRET is not set (required in production)",
         "GOOGLE_CLIENT_ID appears to be invalid (too short)",
         "OPENAI_API_KEY appears to be invalid (must start with 'sk-')",
         "JWT_SECRET must be changed from the placeholder value",

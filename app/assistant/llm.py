@@ -19,7 +19,9 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageFunction
 from app.config import Settings
 from app.http import httpx2_tls_context
 
-NOT_CONFIGURED_MESSAGE = "The assistant is not configured (OPENAI_API_KEY is not set)"
+NOT_CONFIGURED_MESSAGE = ("The assistant is off on this server. Its operator turns it on by "
+                          "setting OPENAI_API_KEY (and OPENAI_BASE_URL for another "
+                          "OpenAI-compatible server).")
 
 TokenCallback = Callable[[str], Awaitable[None]]
 

@@ -83,6 +83,10 @@ class GoogleAuthError(Exception):
         self.message = message
 
 
+SIGN_IN_OFF_MESSAGE = ("Google sign-in is off on this server. Its operator turns it on by "
+                       "setting GOOGLE_CLIENT_ID and GOOGLE_CLIENT_SECRET.")
+
+
 def provider_unavailable(detail: str) -> GoogleAuthError:
     log.warning("identity provider unavailable: %s", detail)
     return GoogleAuthError(502, "google_unavailable",
@@ -383,9 +387,8 @@ async def _take_state(request: Request, state: str) -> dict[str, str] | None:
 
 
 def _check_configured(settings: Settings) -> None:
-    if not settings.google_client_id or not settings.google_client_secret:
-        raise GoogleAuthError(503, "google_not_configured",
-                              "Sign in with Google is not configured on this server.")
+    if not settings.google_configured:
+        raise GoogleAuthError(503, "google_not_configured", SIGN_IN_OFF_MESSAGE)
 
 
 async def start_sign_in(request: Request) -> HTTPResponse:
@@ -545,6 +548,7 @@ def setup_google_auth(app: Sanic, settings: Settings) -> None:
         "cookie. Requests the Gmail read and compose scopes for the email agent.")
     @openapi.response(302, description="Redirect to the provider")
     @openapi.response(502, description="Provider unreachable (google_unavailable)")
+    @openapi.response(503, description="Sign-in is off on this server (google_not_configured)")
     async def google_start(request: Request) -> HTTPResponse:
         return await start_sign_in(request)
 

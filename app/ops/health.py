@@ -57,6 +57,9 @@ READY_MAX_AGE_S = 1.0
 SESSION_PROBE_KEY_PREFIX = "health:session-store:"
 SESSION_PROBE_TTL_S = 10
 HEALTHY, UNHEALTHY, DEGRADED = "healthy", "unhealthy", "degraded"
+# A feature its variables leave off (outside production): not a fault, not "ready" blocking.
+DISABLED = "disabled"
+FINE = (HEALTHY, DISABLED)
 PROCESS_STARTED = time.monotonic()
 
 
@@ -143,9 +146,10 @@ def check_gmail_config(settings: Settings) -> dict[str, Any]:
     """The email agent needs the Google OAuth client (its tokens carry the Gmail scopes) and
     a Gmail API base URL. Configuration only: Gmail itself is reached per user, with the
     user's token, and is never probed here."""
+    if not settings.google_configured:
+        return {"status": DISABLED,
+                "note": "off: Gmail needs Google sign-in (GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET)"}
     problems = []
-    if not settings.google_client_id or not settings.google_client_secret:
-        problems.append("Google OAuth client not configured (Gmail needs its tokens)")
     if not settings.gmail_api_base_url.startswith(("https://", "http://")):
         problems.append("GMAIL_API_BASE_URL is not an http(s) URL")
     if problems:
@@ -154,13 +158,11 @@ def check_gmail_config(settings: Settings) -> dict[str, Any]:
 
 
 def check_auth_config(settings: Settings) -> dict[str, Any]:
-    problems = []
     if len(settings.jwt_secret) < 32:
-        problems.append("JWT secret missing or too short")
-    if not settings.google_client_id or not settings.google_client_secret:
-        problems.append("Google OAuth client not configured")
-    if problems:
-        return {"status": UNHEALTHY, "error": "; ".join(problems)}
+        return {"status": UNHEALTHY, "error": "JWT secret missing or too short"}
+    if not settings.google_configured:
+        return {"status": DISABLED,
+                "note": "Google sign-in is off: set GOOGLE_CLIENT_ID and GOOGLE_CLIENT_SECRET"}
     return {"status": HEALTHY}
 
 
@@ -175,13 +177,15 @@ class ExternalChecker:
         # Under APP_ENV=test only URLs a test set explicitly (local fakes) are probed, so a
         # test run never sends traffic to the real Google or OpenAI.
         test_env = settings.app_env == "test"
-        self.probe_google = not test_env or "GOOGLE_DISCOVERY_URL" in settings.provided
+        self.probe_google = settings.google_configured and (
+            not test_env or "GOOGLE_DISCOVERY_URL" in settings.provided)
         self.probe_openai = settings.openai_configured and (
             not test_env or "OPENAI_BASE_URL" in settings.provided)
         pending = {"status": "unknown", "reason": "not checked yet"}
         skipped = {"status": "not_checked", "reason": "default URL in the test environment"}
         self.results: dict[str, dict[str, Any]] = {
-            "google": dict(pending if self.probe_google else skipped),
+            "google": (dict(pending if self.probe_google else skipped)
+                       if settings.google_configured else {"status": "not_configured"}),
             "openai": (dict(pending if self.probe_openai else skipped)
                        if settings.openai_configured else {"status": "not_configured"}),
         }
@@ -322,7 +326,7 @@ def setup_health(app: Sanic, settings: Settings) -> None:
                    "auth": check_auth_config(settings), "gmail": check_gmail_config(settings)}
         return {"checks": {name: result["status"] for name, result in results.items()},
                 "reasons": [f"{name}: {result.get('error', 'unhealthy')}"
-                            for name, result in results.items() if result["status"] != HEALTHY],
+                            for name, result in results.items() if result["status"] not in FINE],
                 "checkedAt": _now_iso()}
 
     ready_cache = CachedCheck(readiness)
@@ -374,7 +378,7 @@ def setup_health(app: Sanic, settings: Settings) -> None:
         services = {"database": database["status"], "redis": redis["status"],
                     "sessionStore": session_store["status"], "auth": auth["status"],
                     "gmail": gmail["status"], "rateLimiter": rate_limiter["status"]}
-        all_healthy = (all(s == HEALTHY for s in services.values()) and checker.healthy)
+        all_healthy = (all(s in FINE for s in services.values()) and checker.healthy)
         if not details:
             return json({"status": HEALTHY if all_healthy else DEGRADED},
                         status=200 if all_healthy else 503)
@@ -388,6 +392,7 @@ def setup_health(app: Sanic, settings: Settings) -> None:
             "memory": _memory(),
             "pid": os.getpid(),
             "services": services,
+            "features": settings.features(),
             "serviceDetails": {"database": database, "redis": redis,
                                "sessionStore": session_store, "auth": auth, "gmail": gmail,
                                "rateLimiter": rate_limiter},

@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 
 from sanic import Request, Sanic
-from sanic.response import HTTPResponse, html
+from sanic.response import HTTPResponse, html, json
 
 from app.config import Settings
 
@@ -97,6 +97,12 @@ def setup_web(app: Sanic, settings: Settings) -> None:
         if index_etag in request.headers.get("if-none-match", ""):
             return HTTPResponse(status=304, headers=headers)
         return html(index_page, headers=headers)
+
+    @app.get("/api/features", name="api_features")
+    async def features(request: Request) -> HTTPResponse:
+        """Which features this server has on, and the variables that turn an off one on
+        (the page shows it instead of failing at the first click)."""
+        return json(settings.features(), headers={"Cache-Control": "no-cache"})
 
     app.static("/static", STATIC_DIR, name="web_static", use_modified_since=True)
 

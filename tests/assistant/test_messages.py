@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sanic import Sanic
 
+from app.assistant.llm import NOT_CONFIGURED_MESSAGE
 from tests.assistant.conftest import parse_sse
 from tests.conftest import replace_settings
 from tests.fakes.openai_server import FakeOpenAI, Reply
@@ -180,7 +181,8 @@ async def test_not_configured_in_development(app_with: Any, start_client: Any, m
         assert response.status == 503
         assert response.json == {
             "code": "assistant_not_configured",
-            "error": "The assistant is not configured (OPENAI_API_KEY is not set)"}
+            "error": NOT_CONFIGURED_MESSAGE}
+    assert "OPENAI_API_KEY" in NOT_CONFIGURED_MESSAGE
     assert fake_openai.requests == []
 
 

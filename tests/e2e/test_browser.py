@@ -167,6 +167,50 @@ def test_sign_in_chat_stream_reload_and_sign_out(app_process: AppProcess,
         raise
 
 
+def test_a_server_without_keys_says_what_is_off_and_what_turns_it_on(
+        migrated_database_url: str, redis_server: RedisServer, browser: Any) -> None:
+    """A local deploy without Google and OpenAI credentials: the page explains instead of
+    offering a sign-in that can only fail; /auth/google and /health say the same."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    app = AppProcess({"DATABASE_URL": migrated_database_url, "REDIS_URL": redis_server.url(),
+                      "GOOGLE_CLIENT_ID": "", "GOOGLE_CLIENT_SECRET": "",
+                      "OPENAI_API_KEY": "", "LOG_LEVEL": "warning"}, free_port()).start()
+    try:
+        browser.get(app.base_url + "/")
+        notice = WebDriverWait(browser, 40).until(
+            ec.visibility_of_element_located((By.ID, "features-off")))
+        lines = [p.text for p in notice.find_elements(By.TAG_NAME, "p")]
+        assert lines == [
+            "Google sign-in is off on this server. Its operator turns it on by setting "
+            "GOOGLE_CLIENT_ID and GOOGLE_CLIENT_SECRET.",
+            "The assistant is off on this server. Its operator turns it on by setting "
+            "OPENAI_API_KEY.",
+        ]
+        assert not browser.find_element(By.ID, "sign-in").is_displayed()
+
+        page = httpx.get(app.base_url + "/auth/google", headers={"Accept": "text/html"},
+                         timeout=10)
+        assert page.status_code == 503
+        assert "GOOGLE_CLIENT_ID and GOOGLE_CLIENT_SECRET" in page.text
+        api = httpx.get(app.base_url + "/auth/google", headers={"Accept": "application/json"},
+                        timeout=10)
+        assert api.json()["code"] == "google_not_configured"
+        # Ready (nothing is broken, two features are off), and /health says which.
+        ready = httpx.get(app.base_url + "/health/ready", timeout=10)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"]["auth"] == "disabled"
+        health = httpx.get(app.base_url + "/health", timeout=10).json()
+        assert health["features"]["signIn"] == {
+            "enabled": False, "enableWith": ["GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET"]}
+        assert health["features"]["assistant"]["enabled"] is False
+    finally:
+        app.stop()
+        app.log.unlink(missing_ok=True)
+
+
 def connect_fake_gmail(app_process: AppProcess, fake_gmail: FakeGmail, email: str) -> None:
     """Give the signed-in user Google tokens the fake Gmail accepts (the OIDC mock's own
     tokens mean nothing to it), encrypted as the app would store them."""
@@ -254,6 +298,9 @@ def run_browser_journey(app_process: AppProcess, fake_openai: FakeOpenAI,
               timeout=10).raise_for_status()
     driver.get(app_process.base_url + "/")
     sign_in = wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
+    # Every feature is on: no "is off" notice.
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+    assert not driver.find_element(By.ID, "features-off").is_displayed()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(ARTIFACTS / "e2e-signin.png"))
     sign_in.click()

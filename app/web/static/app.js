@@ -141,7 +141,35 @@
     $("signin-retry-signout").hidden = false;
   }
 
+  // --- Features this server has off (e.g. a local deploy without keys) ----------------
+
+  const FEATURE_NAMES = { signIn: "Google sign-in", assistant: "The assistant" };
+
+  // Says which features are off and what turns them on, instead of a sign-in that can
+  // only fail; a server that cannot tell leaves the page as it is.
+  async function showFeatures() {
+    let features;
+    try {
+      const response = await fetch("/api/features", { headers: { Accept: "application/json" } });
+      if (!response.ok) return;
+      features = await response.json();
+    } catch (error) {
+      return;
+    }
+    const off = Object.entries(features).filter(([, feature]) => feature && !feature.enabled);
+    const box = $("features-off");
+    box.replaceChildren(...off.map(([name, feature]) => {
+      const line = document.createElement("p");
+      line.textContent = (FEATURE_NAMES[name] || name) + " is off on this server. Its " +
+        "operator turns it on by setting " + (feature.enableWith || []).join(" and ") + ".";
+      return line;
+    }));
+    box.hidden = off.length === 0;
+    $("sign-in").hidden = Boolean(features.signIn && !features.signIn.enabled);
+  }
+
   async function start() {
+    await showFeatures();
     if (location.hash === "#signed-in") {
       history.replaceState(null, "", location.pathname);
       sessionStorage.removeItem(LOGOUT_PENDING);  // a deliberate new sign-in
@@ -288,6 +316,7 @@
       "Gmail access was not granted. To use the email agent, sign out, sign in again and allow Gmail on Google's consent page.",
     google_not_connected: "Your Google account is not connected any more. Please sign in with Google again.",
     google_unavailable: "Google could not be reached just now. Please try again in a moment.",
+    google_not_configured: "Google sign-in is off on this server.",
   };
 
   function addNotice(code) {
