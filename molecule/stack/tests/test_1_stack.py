@@ -217,6 +217,34 @@ def test_operator_exec_runs_app_commands_with_the_live_release_and_env(host):
     assert operator("logs", "-n", "many").returncode == 2
 
 
+def test_operator_console_runs_python_with_the_live_release_and_env(host):
+    state = json.loads(host.file(f"{APP_ROOT}/state.json").content_string)
+    script = Path(__file__).parents[3] / "scripts" / "app"
+    console = subprocess.run(  # noqa: S603
+        [str(script), "-i", os.environ["MOLECULE_INVENTORY_FILE"], "console"],
+        input='import os, app\nprint("console:", os.environ["APP_ENV"], os.path.realpath("."))\n',
+        capture_output=True, text=True, timeout=120, check=False)
+    assert console.returncode == 0, console.stdout + console.stderr
+    assert f"console: staging {APP_ROOT}/releases/{state['release']}" in console.stdout
+
+
+def test_operator_logs_follow_the_live_journal(host):
+    port = live_port(host)
+    script = Path(__file__).parents[3] / "scripts" / "app"
+    follow = subprocess.Popen(  # noqa: S603
+        [str(script), "-i", os.environ["MOLECULE_INVENTORY_FILE"], "logs", "--follow", "-n", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = follow.communicate(timeout=10)
+        still_following = False
+    except subprocess.TimeoutExpired:  # journalctl --follow never ends by itself
+        still_following = True
+        follow.kill()
+        output, _ = follow.communicate()
+    assert still_following, output[-2000:]
+    assert f"assistantapp-{port}[" in output, output[-2000:]
+
+
 def test_operator_logs_show_the_live_instance_journal(host):
     port = live_port(host)
     result = operator("logs", "-n", "5")
