@@ -1,27 +1,26 @@
 """Bad input answers 4xx in the API's error shape, never 500 (issue 10): NUL characters
-and lone surrogates in JSON strings, deeply nested JSON, and a generated (property-based)
-sweep over every JSON endpoint of the OpenAPI document.
+and lone surrogates in JSON strings, deeply nested JSON, and a property-based sweep over
+every JSON endpoint of the OpenAPI document.
 
-`hypothesis`/`schemathesis` are not installed in the project's environment, so the sweep
-draws its cases from a seeded random generator: the same cases on every run, bounded by
-CASES_PER_OPERATION, with the usual hostile shapes mixed in (NUL, surrogates, deep
-nesting, wrong types, huge numbers, broken JSON and UTF-8).
+The sweep's cases come from `hypothesis` strategies (JSON documents of every shape, any
+code point including lone surrogates, hostile strings, broken JSON and UTF-8, nesting past
+the limit), CASES_PER_OPERATION per operation, derandomized so every run sends the same
+cases. Hypothesis draws them; the async app client then sends them one by one.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
-import uuid
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app.ops.input_guard import MAX_JSON_DEPTH, find_bad_string, json_depth_exceeds
 
-CASES_PER_OPERATION = 30
-SEED = 10
+CASES_PER_OPERATION = 40
 FIELDS = ["content", "title", "agent", "refreshToken", "to", "subject", "body", "status"]
 # The messages endpoint calls the model: its documented upstream answers are not bad input.
 UPSTREAM_CODES = {"upstream_error", "upstream_timeout", "upstream_rate_limited",
@@ -30,53 +29,53 @@ HOSTILE_STRINGS = ["a\x00b", "\ud800", "x\udfffy", "\x00", "é😀", "", " ", "e
                    "general", "a" * 40_000, "<script>", "\r\nBcc: x@example.com",
                    "../../etc/passwd", "%00", "null"]
 
-
-def _string(rng: random.Random) -> str:
-    if rng.random() < 0.6:
-        return rng.choice(HOSTILE_STRINGS)
-    return "".join(chr(rng.choice([rng.randint(0, 0x7F), rng.randint(0, 0x10FFFF)]))
-                   for _ in range(rng.randint(0, 12)))
-
-
-def _value(rng: random.Random, depth: int = 0) -> Any:
-    kind = rng.randint(0, 7 if depth < 3 else 4)
-    if kind == 0:
-        return _string(rng)
-    if kind == 1:
-        return rng.choice([0, -1, 2**63, -(2**70), 10**400 // 10**399])
-    if kind == 2:
-        return rng.choice([1.5, -0.0, 1e308])
-    if kind == 3:
-        return rng.choice([True, False])
-    if kind == 4:
-        return None
-    if kind == 5:
-        return [_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
-    return {rng.choice([*FIELDS, _string(rng)]): _value(rng, depth + 1)
-            for _ in range(rng.randint(0, 4))}
+# Any code point, lone surrogates and control characters included.
+any_text = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, categories=None),
+                   max_size=12)
+strings = st.one_of(st.sampled_from(HOSTILE_STRINGS), any_text)
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+              st.floats(allow_nan=False, allow_infinity=False), strings),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.dictionaries(st.one_of(st.sampled_from(FIELDS), any_text), children, max_size=4)),
+    max_leaves=12)
+documents = st.one_of(
+    st.fixed_dictionaries({}, optional={name: json_values for name in FIELDS}),
+    json_values)
+bodies = st.one_of(
+    documents.map(lambda document: json.dumps(document).encode()),  # surrogates as \ud800
+    st.sampled_from([b"[" * (MAX_JSON_DEPTH + 1), b"[" * 100_000, b"{",
+                     b'{"content": "\xff\xfe"}', b"nul\x00l", b'{"a":1}x']),
+    st.binary(max_size=64))
+# A path parameter: the conversation the test made (the usual case), or any other id.
+EXISTING = "existing"
+path_ids = st.one_of(st.just(EXISTING), st.uuids().map(str))
 
 
-def _body(rng: random.Random) -> bytes:
-    roll = rng.random()
-    if roll < 0.08:
-        return b"[" * rng.choice([MAX_JSON_DEPTH + 1, 5000, 100_000])
-    if roll < 0.14:
-        return rng.choice([b"{", b'{"content": "\xff\xfe"}', b"nul\x00l", b'{"a":1}x'])
-    if roll < 0.7:
-        document = {name: _value(rng) for name in rng.sample(FIELDS, rng.randint(1, 4))}
-    else:
-        document = _value(rng)
-    return json.dumps(document).encode()  # lone surrogates travel as \ud800 escapes
+def generated_cases(path: str) -> list[tuple[list[str], bytes]]:
+    """CASES_PER_OPERATION (path ids, body) cases for one path, drawn by hypothesis."""
+    cases: list[tuple[list[str], bytes]] = []
+    holes = path.count("{")
+
+    @settings(max_examples=CASES_PER_OPERATION, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck), deadline=None)
+    @given(st.lists(path_ids, min_size=holes, max_size=holes), bodies)
+    def collect(ids: list[str], body: bytes) -> None:
+        cases.append((ids, body))
+
+    collect()
+    return cases
 
 
-def _concrete(path: str, ids: dict[str, str], rng: random.Random) -> str:
-    def fill(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if "conversation" in name and rng.random() < 0.7:
-            return ids["conversation"]
-        return rng.choice([str(uuid.uuid4()), ids.get("proposal", str(uuid.uuid4()))])
+def concrete(path: str, ids: list[str], existing: str) -> str:
+    values = iter(ids)
 
-    return re.sub(r"\{([^}]+)\}", fill, path)
+    def fill(_: re.Match[str]) -> str:
+        value = next(values)
+        return existing if value == EXISTING else value
+
+    return re.sub(r"\{[^}]+\}", fill, path)
 
 
 async def test_generated_bodies_never_cause_a_5xx(client: Any, gmail_user: Any,
@@ -89,14 +88,12 @@ async def test_generated_bodies_never_cause_a_5xx(client: Any, gmail_user: Any,
     assert ("/api/conversations/{conversation_id}/messages", "POST") in operations
     assert ("/auth/refresh", "POST") in operations
     user = await gmail_user()
-    ids = {"conversation": await new_conversation(user, agent="general")}
-    rng = random.Random(SEED)
+    conversation = await new_conversation(user, agent="general")
     cases = 0
     failures: list[str] = []
     for path, method in operations:
-        for _ in range(CASES_PER_OPERATION):
-            url = _concrete(path, ids, rng)
-            body = _body(rng)
+        for ids, body in generated_cases(path):
+            url = concrete(path, ids, conversation)
             headers = {**auth_headers(user), "Content-Type": "application/json"}
             _, response = await client.request(method, url, content=body, headers=headers)
             cases += 1
