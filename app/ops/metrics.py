@@ -1,6 +1,8 @@
 """Request and agent metrics, aggregated across all Sanic worker processes.
 
-Design (like prometheus_client's multiprocess mode, without its dependency): every worker
+Design (like prometheus_client's multiprocess mode, without its per-observation file
+writes: bench/metrics_store.py measures recording a request at 0.6 µs here against 6-11 µs
+there, and a 4-worker scrape at about half its time): every worker
 counts in plain memory — a dict update per request, no I/O, no lock — and a background task
 writes the worker's snapshot to its own file in a directory shared by all workers of one
 server. `/metrics` (and the "agents" part of `/health`) merge the files: counts and totals are
