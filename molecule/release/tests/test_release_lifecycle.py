@@ -484,3 +484,38 @@ def test_a_bad_config_is_refused_before_anything_changes(host):
     assert host.file(f"{APP_ROOT}/shared/app.env").content_string == env_before
     assert state(host) == before
     assert ready_through_nginx() == 200
+
+
+def a_comment(src: Path) -> None:
+    with (src / "app/__init__.py").open("a") as fh:
+        fh.write("\n# release test: new code, no recorded test results\n")
+
+
+def test_an_artifact_without_passing_results_is_refused_unless_overridden(host):
+    # The gate staging and production inventories turn on (app_require_checks): this
+    # artifact's manifest has no recorded `make test`/`make lint` results.
+    artifact = build("unchecked", a_comment)
+    before = state(host)
+    refused = ansible("deploy.yml", "-e", f"app_artifact={artifact}",
+                      "-e", "app_require_checks=true")
+    assert refused.returncode != 0
+    text = output(refused)
+    # The host-side checklist ran first and passed; then the artifact's checklist refused.
+    assert "pre-deployment checks passed" in text
+    assert "Refusing to deploy" in text
+    assert "✗ results recorded for commit" in text and "✗ tests passed" in text
+    assert "Deploy anyway only with -e app_override_checks=" in text
+    assert state(host) == before
+    assert not host.file(f"{APP_ROOT}/deploy.lock").exists
+
+    allowed = ansible("deploy.yml", "-e", f"app_artifact={artifact}",
+                      "-e", "app_require_checks=true",
+                      "-e", "app_override_checks=release test: no CI results here")
+    assert allowed.returncode == 0, allowed.stdout[-3000:]
+    live = state(host)
+    assert live["release"] != before["release"]
+    entry = release_log(host)[-1]
+    assert entry["event"] == "deploy" and entry["release"] == live["release"]
+    assert entry["override"]["reason"] == "release test: no CI results here"
+    assert "tests passed" in entry["override"]["failed"]
+    assert ready_through_nginx() == 200
