@@ -160,7 +160,9 @@ def test_app_down_alert_fires_and_resolves(host, receiver):
         fire_latency = time.monotonic() - stopped
     finally:
         restarted = time.monotonic()
-        assert host.run(f"systemctl start {unit}").rc == 0
+        started = host.run(f"systemctl start {unit}")
+        assert started.rc == 0, (
+            started.stderr + host.run(f"journalctl -u {unit} -n 80 --no-pager").stdout)
     assert fired, f"no AppInstanceDown notification within 180 s: {notifications(host)}"
     resolved = wait_for(lambda: app_down(host, "resolved"), timeout=120, interval=2)
     resolve_latency = time.monotonic() - restarted
