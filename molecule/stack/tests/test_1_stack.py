@@ -14,22 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-ADDRESS = "10.213.0.42"
-SITE = f"https://{ADDRESS}"
-APP_ROOT = "/opt/assistantapp"
-
-
-def ca_file() -> str:
-    return str(Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "pki" / "ca.crt")
+import stack_scenario
+from stack_scenario import APP_ROOT, ca_file, live_port
+from stack_scenario import SITE_URL as SITE
+from stack_scenario import STACK_ADDRESS as ADDRESS
 
 
 def client() -> httpx.Client:
-    return httpx.Client(verify=ca_file(), timeout=10, trust_env=False)
-
-
-def live_port(host) -> int:
-    return int(json.loads(host.file(f"{APP_ROOT}/state.json").content_string)["live_port"])
+    return stack_scenario.client(timeout=10)
 
 
 def test_ready_through_nginx_with_the_project_ca():

@@ -9,10 +9,10 @@ import shlex
 import time
 
 import pytest
+from stack_scenario import STACK_ADDRESS as ADDRESS
+from stack_scenario import live_port, wait_for
 
-ADDRESS = "10.213.0.42"
 PROMETHEUS = f"http://{ADDRESS}:9090"
-APP_ROOT = "/opt/assistantapp"
 RECEIVER_LOG = "/root/alerts.jsonl"
 
 # A webhook receiver on the host: appends every Alertmanager POST body as one JSON line.
@@ -50,26 +50,13 @@ def query(host, promql: str) -> list[dict]:
     return data["data"]["result"]
 
 
-def live_port(host) -> int:
-    return int(json.loads(host.file(f"{APP_ROOT}/state.json").content_string)["live_port"])
-
-
-def wait_for(predicate, timeout: float, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
 def scraped_targets(host) -> list[dict]:
     targets = fetch_json(host, f"{PROMETHEUS}/api/v1/targets")["data"]["activeTargets"]
     return targets if all(t["health"] != "unknown" for t in targets) else []
 
 
 def test_every_target_is_scraped_and_up(host):
-    targets = wait_for(lambda: scraped_targets(host), timeout=60)
+    targets = wait_for(lambda: scraped_targets(host), timeout_s=60, interval_s=1)
     assert targets, "Prometheus has not scraped every target within 60 s"
     by_job: dict[str, list[dict]] = {}
     for target in targets:
@@ -93,7 +80,7 @@ def test_exporters_reach_what_they_export(host):
     # sample may still be from a moment they were down).
     for metric in ("pg_up", "redis_up", "nginx_up"):
         wait_for(lambda metric=metric: [r["value"][1] for r in query(host, metric)] == ["1"],
-                 timeout=30)
+                 timeout_s=30, interval_s=1)
         result = query(host, metric)
         assert [r["value"][1] for r in result] == ["1"], (metric, result)
     # The PostgreSQL exporter's role reads pg_stat_activity (pg_monitor), max_connections too.
@@ -108,7 +95,7 @@ def test_backup_age_metric_follows_a_backup(host):
     result = wait_for(
         lambda: [r for r in query(host, "assistantapp_backup_last_success_timestamp_seconds")
                  if float(r["value"][1]) >= started - 5],
-        timeout=30,
+        timeout_s=30, interval_s=1,
     )
     assert result, "the backup's success time never reached Prometheus"
     assert float(result[0]["value"][1]) <= time.time() + 5
@@ -156,7 +143,7 @@ def test_app_down_alert_fires_and_resolves(host, receiver):
     assert host.run(f"systemctl stop {unit}").rc == 0
     try:
         # `for: 1m` in the rule, 5 s scrapes and evaluations, 5 s group_wait.
-        fired = wait_for(lambda: app_down(host, "firing"), timeout=180, interval=2)
+        fired = wait_for(lambda: app_down(host, "firing"), timeout_s=180, interval_s=2)
         fire_latency = time.monotonic() - stopped
     finally:
         restarted = time.monotonic()
@@ -164,7 +151,7 @@ def test_app_down_alert_fires_and_resolves(host, receiver):
         assert started.rc == 0, (
             started.stderr + host.run(f"journalctl -u {unit} -n 80 --no-pager").stdout)
     assert fired, f"no AppInstanceDown notification within 180 s: {notifications(host)}"
-    resolved = wait_for(lambda: app_down(host, "resolved"), timeout=120, interval=2)
+    resolved = wait_for(lambda: app_down(host, "resolved"), timeout_s=120, interval_s=2)
     resolve_latency = time.monotonic() - restarted
     assert resolved, f"no resolved AppInstanceDown within 120 s: {notifications(host)}"
     print(f"\nmonitoring: AppInstanceDown fired {fire_latency:.1f} s after the app stopped "

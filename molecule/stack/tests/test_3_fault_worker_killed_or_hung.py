@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import time
 
-from faults_scenario import (
+from stack_scenario import (
     STACK_HOST,
     app_unit,
     client,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from faults_scenario import (
+from stack_scenario import (
     STACK_HOST,
     api_user_token,
     app_unit,

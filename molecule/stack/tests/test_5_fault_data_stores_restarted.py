@@ -5,7 +5,7 @@ is ready again by itself, without a restart or a redeploy."""
 from __future__ import annotations
 
 import pytest
-from faults_scenario import (
+from stack_scenario import (
     POSTGRESQL_UNIT,
     REDIS_UNIT,
     STACK_HOST,

@@ -19,7 +19,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from faults_scenario import (
+from stack_scenario import (
     APP_ROOT,
     PROJECT_DIR,
     SITE_URL,

@@ -8,7 +8,7 @@ import contextlib
 import time
 
 import pytest
-from faults_scenario import (
+from stack_scenario import (
     POSTGRESQL_UNIT,
     REDIS_UNIT,
     STACK_ADDRESS,

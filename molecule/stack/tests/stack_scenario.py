@@ -1,4 +1,5 @@
-"""What the fault tests share: the host, the site URL, the app's unit and an API user."""
+"""What the stack scenario's tests share: the host and its address, the site URL, the
+project CA, the app's unit and state, polling, and an API user."""
 
 from __future__ import annotations
 
@@ -37,10 +38,10 @@ def ca_file() -> str:
     return str(Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "pki" / "ca.crt")
 
 
-def client() -> httpx.Client:
-    # Short timeouts: a fault must show as an error status, never as a hang.
+def client(timeout: float = 5) -> httpx.Client:
+    # Short timeouts by default: a fault must show as an error status, never as a hang.
     return httpx.Client(base_url=SITE_URL, verify=ssl.create_default_context(cafile=ca_file()),
-                        timeout=5, trust_env=False)
+                        timeout=timeout, trust_env=False)
 
 
 def status_of(http: httpx.Client, path: str) -> int | str:
@@ -62,6 +63,10 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.2):
 
 def deploy_state(host) -> dict:
     return json.loads(host.file(f"{APP_ROOT}/state.json").content_string)
+
+
+def live_port(host) -> int:
+    return int(deploy_state(host)["live_port"])
 
 
 def app_unit(host) -> str:
