@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
 import os
@@ -42,7 +41,7 @@ from sanic.response import HTTPResponse, json
 
 from app.config import Settings
 from app.http import httpx_tls_context
-from app.ops.clientip import INVALID_FORWARDED_CLIENT, client_ip, parse_ip
+from app.ops.clientip import INVALID_FORWARDED_CLIENT, client_ip, parse_ip, parse_networks
 from app.ops.metrics import agents_json, aggregate, client_allowed, resident_memory_bytes
 
 log = logging.getLogger(__name__)
@@ -333,8 +332,7 @@ def setup_health(app: Sanic, settings: Settings) -> None:
     app.ctx.ready_cache = ready_cache
     # Details (pid, versions, memory, error texts that may name internal addresses) only for
     # the networks that may read /metrics; the public gets the status alone.
-    detail_networks = [ipaddress.ip_network(net, strict=False)
-                       for net in settings.metrics_allowed_cidrs]
+    detail_networks = parse_networks(settings.metrics_allowed_cidrs)
 
     def may_see_details(request: Request) -> bool:
         client = client_ip(request)

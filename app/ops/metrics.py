@@ -34,6 +34,7 @@ import tempfile
 import time
 import uuid
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from sanic.response import json as json_response
 
 from app.config import Settings
 from app.errors import json_error
-from app.ops.clientip import client_ip
+from app.ops.clientip import IPNetwork, client_ip, parse_networks
 from app.ops.ratelimit import ratelimit_status
 from app.ops.supervision import worker_gauges
 
@@ -429,8 +430,7 @@ def render_json(data: AggregatedMetrics) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # Wiring
 # --------------------------------------------------------------------------------------------
-def client_allowed(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
-                   ) -> bool:
+def client_allowed(ip: str, networks: Sequence[IPNetwork]) -> bool:
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
@@ -487,7 +487,7 @@ def setup_metrics(app: Sanic, settings: Settings) -> None:
         # Agent statistics are still kept for /health; only HTTP timing and /metrics go.
         return
 
-    networks = [ipaddress.ip_network(net, strict=False) for net in settings.metrics_allowed_cidrs]
+    networks = parse_networks(settings.metrics_allowed_cidrs)
     perf_counter = time.perf_counter
 
     # Plain (not async) middleware: Sanic awaits only awaitables, so no coroutine per call.

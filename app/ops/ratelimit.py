@@ -41,10 +41,6 @@ EXEMPT_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 PAGE_PATHS = frozenset({"/", "/favicon.ico"})
 PAGE_PREFIX = "/static/"
 
-
-def is_exempt(method: str, path: str) -> bool:
-    return path in EXEMPT_PATHS or (method in ("GET", "HEAD") and (
-        path in PAGE_PATHS or path.startswith(PAGE_PREFIX)))
 KEY_PREFIX = "ratelimit:"
 TOO_MANY_MESSAGE = "Too many requests from this IP, please try again later."
 REDIS_WARNING_INTERVAL_S = 60.0
@@ -63,6 +59,12 @@ if count == 1 or ttl < 0 then
 end
 return {count, ttl}
 """
+
+
+def is_exempt(method: str, path: str) -> bool:
+    """Probes, metrics and the page's own files never count against the API budget."""
+    return path in EXEMPT_PATHS or (method in ("GET", "HEAD") and (
+        path in PAGE_PATHS or path.startswith(PAGE_PREFIX)))
 
 
 @dataclass

@@ -1,0 +1,51 @@
+"""`--check --diff` of deploy.yml on the deployed fleet: it fails nowhere, changes nothing
+and says per app host what a real run would do (nothing, or which commit it would deploy
+beside which live release)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from multihost_scenario import APP_HOSTS, LB_HOST, remote
+
+testinfra_hosts = [LB_HOST]
+
+PROJECT_DIR = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+UPSTREAM = "/etc/nginx/assistantapp/upstream.conf"
+
+
+def check_deploy(*args: str) -> str:
+    result = subprocess.run(  # noqa: S603 - our own playbook, the scenario's inventory
+        ["ansible-playbook", "-i",  # noqa: S607 - the venv's, first on PATH
+         os.environ["MOLECULE_INVENTORY_FILE"], str(PROJECT_DIR / "playbooks" / "deploy.yml"),
+         "--check", "--diff", *args],
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    # Long messages are folded over lines in the YAML result format.
+    return " ".join(output.split())
+
+
+def fleet(host) -> tuple:
+    return (host.file(UPSTREAM).content_string,
+            {name: remote(name).file("/opt/assistantapp/state.json").content_string
+             for name in APP_HOSTS},
+            {name: remote(name).run("systemctl list-units --plain --no-legend "
+                                    "'assistantapp@*'").stdout for name in APP_HOSTS})
+
+
+def test_check_diff_of_an_up_to_date_fleet_says_no_deploy(host):
+    before = fleet(host)
+    output = check_deploy()
+    assert output.count("no deploy: ") == len(APP_HOSTS), output[-4000:]
+    assert fleet(host) == before
+
+
+def test_check_diff_of_a_forced_deploy_names_the_release_and_changes_nothing(host):
+    before = fleet(host)
+    output = check_deploy("-e", "app_force_deploy=true")
+    assert output.count("would deploy ") == len(APP_HOSTS), output[-4000:]
+    assert "why: forced" in output
+    assert fleet(host) == before
