@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import testinfra
 import yaml
 
 SCENARIO_DIR = Path(__file__).parent.parent
+PROJECT_DIR = SCENARIO_DIR.parent.parent
 MOLECULE_YML = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())
 PLATFORMS = {platform["name"]: platform for platform in MOLECULE_YML["platforms"]}
 SCENARIO_VARS = MOLECULE_YML["provisioner"]["inventory"]["group_vars"]["all"]
@@ -52,3 +54,18 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.5):
         time.sleep(interval_s)
         value = predicate()
     return value
+
+
+def playbook(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Runs playbooks/<name> as an operator would, against the scenario's inventory."""
+    return subprocess.run(  # noqa: S603 - our own playbook, the scenario's inventory
+        ["ansible-playbook", "-i",  # noqa: S607 - the venv's, first on PATH
+         os.environ["MOLECULE_INVENTORY_FILE"], str(PROJECT_DIR / "playbooks" / name), *args],
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900, check=False)
+
+
+def active_ports(name: str) -> list[int]:
+    """The blue/green ports whose instance systemd runs on app host `name`."""
+    host = remote(name)
+    return [port for port in (8001, 8002)
+            if host.run(f"systemctl is-active --quiet assistantapp@{port}").rc == 0]

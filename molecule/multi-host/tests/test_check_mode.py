@@ -4,24 +4,15 @@ beside which live release)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
-
-from multihost_scenario import APP_HOSTS, LB_HOST, remote
+from multihost_scenario import APP_HOSTS, LB_HOST, playbook, remote
 
 testinfra_hosts = [LB_HOST]
 
-PROJECT_DIR = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 UPSTREAM = "/etc/nginx/assistantapp/upstream.conf"
 
 
 def check_deploy(*args: str) -> str:
-    result = subprocess.run(  # noqa: S603 - our own playbook, the scenario's inventory
-        ["ansible-playbook", "-i",  # noqa: S607 - the venv's, first on PATH
-         os.environ["MOLECULE_INVENTORY_FILE"], str(PROJECT_DIR / "playbooks" / "deploy.yml"),
-         "--check", "--diff", *args],
-        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900, check=False)
+    result = playbook("deploy.yml", "--check", "--diff", *args)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     # Long messages are folded over lines in the YAML result format.

@@ -10,29 +10,13 @@ import os
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from multihost_scenario import APP_ROOT, DATA_HOST, remote
+from multihost_scenario import APP_ROOT, DATA_HOST, active_ports, playbook
 
 testinfra_hosts = [DATA_HOST]
 
-PROJECT_DIR = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 LOCK_DIR = f"{APP_ROOT}/deploy.lock"
-
-
-def deploy(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own playbook, the scenario's inventory
-        ["ansible-playbook", "-i",  # noqa: S607 - the venv's, first on PATH
-         os.environ["MOLECULE_INVENTORY_FILE"], str(PROJECT_DIR / "playbooks" / "deploy.yml"),
-         *args],
-        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900, check=False)
-
-
-def active_ports(name: str) -> list[int]:
-    host = remote(name)
-    return [port for port in (8001, 8002)
-            if host.run(f"systemctl is-active --quiet assistantapp@{port}").rc == 0]
 
 
 def dead_pid() -> int:
@@ -56,7 +40,7 @@ def test_a_deploy_limited_to_another_app_host_is_refused(host, holder_pid, verdi
     host.run(f"cat > {LOCK_DIR}/owner.json <<'EOF'\n{json.dumps(record)}\nEOF")
     before = active_ports("mh-app2")
     try:
-        result = deploy("--limit", "mh-app2", "-e", "app_force_deploy=true")
+        result = playbook("deploy.yml", "--limit", "mh-app2", "-e", "app_force_deploy=true")
         output = result.stdout + result.stderr
         assert result.returncode != 0, output[-3000:]
         assert f"Another deploy holds the lock {DATA_HOST}:{LOCK_DIR}" in output, output[-3000:]

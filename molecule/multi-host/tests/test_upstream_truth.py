@@ -8,10 +8,7 @@ Runs last in the scenario: mh-app1 ends on its other port."""
 
 from __future__ import annotations
 
-import os
 import ssl
-import subprocess
-from pathlib import Path
 
 import httpx
 from multihost_scenario import (
@@ -20,33 +17,25 @@ from multihost_scenario import (
     APP_ROOT,
     LB_HOST,
     SITE_URL,
+    active_ports,
     ca_file,
     live_port,
+    playbook,
     remote,
 )
 
 testinfra_hosts = [LB_HOST]
 
-PROJECT_DIR = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 RELEASE_LOG = f"{APP_ROOT}/releases.log"
 STATE_FILE = f"{APP_ROOT}/state.json"
 UPSTREAM = "/etc/nginx/assistantapp/upstream.conf"
 
 
-def playbook(name: str, *args: str) -> str:
-    result = subprocess.run(  # noqa: S603 - our own playbook, the scenario's inventory
-        ["ansible-playbook", "-i",  # noqa: S607 - the venv's, first on PATH os.environ["MOLECULE_INVENTORY_FILE"],
-         str(PROJECT_DIR / "playbooks" / name), *args],
-        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900, check=False)
+def run(name: str, *args: str) -> str:
+    result = playbook(name, *args)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     return output
-
-
-def active_ports(name: str) -> list[int]:
-    host = remote(name)
-    return [port for port in (8001, 8002)
-            if host.run(f"systemctl is-active --quiet assistantapp@{port}").rc == 0]
 
 
 def all_requests_succeed(count: int = 20) -> list[int]:
@@ -62,7 +51,7 @@ def test_a_failed_record_after_the_switch_keeps_the_new_release_live(host):
     # A directory where the release log is: appending to it fails after the switch.
     assert app1.run(f"mv {RELEASE_LOG} {RELEASE_LOG}.saved && mkdir {RELEASE_LOG}").rc == 0
     try:
-        output = playbook("deploy.yml", "--limit", "mh-app1", "-e", "app_force_deploy=true")
+        output = run("deploy.yml", "--limit", "mh-app1", "-e", "app_force_deploy=true")
     finally:
         app1.run(f"rmdir {RELEASE_LOG} && mv {RELEASE_LOG}.saved {RELEASE_LOG}")
     assert "WARNING:" in output and "is live on port" in output, output[-4000:]
@@ -85,7 +74,7 @@ def test_a_limited_site_run_keeps_the_upstream_on_the_ports_systemd_runs(host):
     assert stale != real_state
     app1.run(f"cat > {STATE_FILE} <<'EOF'\n{stale}\nEOF")
     try:
-        playbook("site.yml", "--limit", LB_HOST)
+        run("site.yml", "--limit", LB_HOST)
     finally:
         app1.run(f"cat > {STATE_FILE} <<'EOF'\n{real_state}\nEOF")
     upstream = host.file(UPSTREAM).content_string
