@@ -64,8 +64,16 @@ def playbook(name: str, *args: str) -> subprocess.CompletedProcess[str]:
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900, check=False)
 
 
+BLUE_GREEN_PORTS = (8001, 8002)
+
+
+def other_port(port: int) -> int:
+    """The blue/green port that is not `port` (where the next deploy starts)."""
+    return sum(BLUE_GREEN_PORTS) - port
+
+
 def active_ports(name: str) -> list[int]:
     """The blue/green ports whose instance systemd runs on app host `name`."""
     host = remote(name)
-    return [port for port in (8001, 8002)
+    return [port for port in BLUE_GREEN_PORTS
             if host.run(f"systemctl is-active --quiet assistantapp@{port}").rc == 0]

@@ -20,6 +20,7 @@ from multihost_scenario import (
     active_ports,
     ca_file,
     live_port,
+    other_port,
     playbook,
     remote,
 )
@@ -55,7 +56,7 @@ def test_a_failed_record_after_the_switch_keeps_the_new_release_live(host):
     finally:
         app1.run(f"rmdir {RELEASE_LOG} && mv {RELEASE_LOG}.saved {RELEASE_LOG}")
     assert "WARNING:" in output and "is live on port" in output, output[-4000:]
-    after = 8003 - before
+    after = other_port(before)
     assert active_ports("mh-app1") == [after], output[-4000:]
     assert live_port(app1) == after  # the state file was written before the log failed
     assert app1.run(f"wc -l < {RELEASE_LOG}").stdout.strip() == log_lines
@@ -70,7 +71,7 @@ def test_a_limited_site_run_keeps_the_upstream_on_the_ports_systemd_runs(host):
     real_state = app1.file(STATE_FILE).content_string
     # Stale: names the port mh-app1 no longer runs (a record that failed to write it).
     stale = real_state.replace(f'"live_port": {live["mh-app1"][0]}',
-                               f'"live_port": {8003 - live["mh-app1"][0]}')
+                               f'"live_port": {other_port(live["mh-app1"][0])}')
     assert stale != real_state
     app1.run(f"cat > {STATE_FILE} <<'EOF'\n{stale}\nEOF")
     try:
