@@ -305,6 +305,12 @@ def exposure(host, unit: str) -> float:
     "postgresql@15-main.service",
     "redis-server.service",
     "assistantapp-backup.service",
+    "prometheus.service",
+    "prometheus-alertmanager.service",
+    "prometheus-node-exporter.service",
+    "prometheus-postgres-exporter.service",
+    "prometheus-redis-exporter.service",
+    "prometheus-nginx-exporter.service",
 ])
 def test_every_service_is_sandboxed(host, unit):
     assert exposure(host, unit) <= 3.0

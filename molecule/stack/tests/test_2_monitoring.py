@@ -87,6 +87,11 @@ def test_exporters_reach_what_they_export(host):
     assert query(host, "pg_settings_max_connections"), "no pg_settings_max_connections"
     activity = query(host, 'pg_stat_activity_count{datname="assistantapp"}')
     assert activity, "no pg_stat_activity_count for the app database"
+    # node-exporter in its sandbox still sees every filesystem and the textfiles.
+    collectors = query(host, 'node_scrape_collector_success{collector=~"filesystem|textfile"}')
+    assert sorted((r["metric"]["collector"], r["value"][1]) for r in collectors) == [
+        ("filesystem", "1"), ("textfile", "1")], collectors
+    assert query(host, 'node_filesystem_avail_bytes{mountpoint="/"}'), "no / filesystem"
 
 
 def test_backup_age_metric_follows_a_backup(host):
