@@ -230,6 +230,8 @@ def test_verify_promotion_unreadable_staging_log_is_refused_unless_overridden(
                     "app_promotion_record")
     assert run.returncode != 0
     assert "cannot read staging release log from root@127.0.0.1" in run.stdout
+    # ...and says why, in ssh's words.
+    assert "Connection refused" in run.stdout, run.stdout
     run = run_tasks(tmp_path, "roles/app/tasks/verify_promotion.yml",
                     {**common, "app_override_checks": "staging down, hotfix INC-42"},
                     "app_promotion_record")

@@ -7,6 +7,7 @@ change the cluster). Measured numbers go to <ephemeral dir>/measurements.json.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -100,6 +101,24 @@ def wait_archived(host) -> None:
     """Switch the WAL segment and wait until the repository has it (pgbackrest check)."""
     result = host.run("cd / && runuser -u postgres -- pgbackrest --stanza=%s check", STANZA)
     assert result.rc == 0, result.stdout + result.stderr
+
+
+def test_check_diff_prints_no_passphrase(tmp_path):
+    """Runs first (before the restores change the cluster): converge.yml in --check --diff
+    with a rotated encryption passphrase and database password: the configuration files that
+    hold them change, and neither value, old or new, is printed, in clear or as a SHA-256."""
+    rotated = {name: f"{value}-rotated-4b9d" for name, value in SECRETS.items()}
+    rotated_file = tmp_path / "rotated.yml"
+    rotated_file.write_text(yaml.safe_dump(rotated))
+    result = ansible(SCENARIO_DIR / "converge.yml", "--check", "--diff", "-e", f"@{rotated_file}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    config_task = output[output.index("TASK [pgbackrest : Write the pgBackRest configuration]"):]
+    config_task = config_task[: config_task.find("\nTASK [", 1)]
+    assert f"changed: [{REPO_HOST}]" in config_task, config_task
+    for value in [*SECRETS.values(), *rotated.values()]:
+        for form in (value, hashlib.sha256(value.encode()).hexdigest()):
+            assert form not in output, f"--check --diff printed {form[:12]}..."
 
 
 def test_stanza_created_and_check_passes(host, repo):
@@ -299,7 +318,7 @@ def test_restore_drill_passes_and_cleans_up(host):
     # The report (debug var: YAML or JSON, depending on the callback).
     assert re.search(rf'"?schema_head"?:\s*"?{SCHEMA_HEAD}', result.stdout), result.stdout[-3000:]
     assert re.search(rf"\"?{PROBE_TABLE}\"?:\s*{expected}\b", result.stdout), result.stdout[-3000:]
-    assert not host.file("/var/lib/postgresql/pgbackrest-drill").exists
+    assert host.run("find /var/lib/postgresql/pgbackrest-drill -mindepth 1").stdout == ""
     assert not host.socket("tcp://127.0.0.1:5499").is_listening
     assert host.run("test -S /var/run/postgresql/.s.PGSQL.5499").rc != 0
     metrics = host.file(f"{TEXTFILE_DIR}/pgbackrest_drill.prom").content_string
@@ -328,3 +347,32 @@ def test_repository_host_takes_ssh_only_from_the_db_host_and_the_controller(host
     # Only public keys left their hosts: the private key of the db host is not on the repo host.
     db_key = host.file("/var/lib/postgresql/.ssh/id_ed25519")
     assert db_key.mode == 0o600 and db_key.user == "postgres"
+
+
+def exposure(host, unit: str) -> float:
+    """The "Overall exposure level" of `systemd-analyze security` (0 safe .. 10 unsafe)."""
+    result = host.run("systemd-analyze security --no-pager %s", unit)
+    lines = [line for line in result.stdout.splitlines() if "Overall exposure level" in line]
+    assert lines, result.stdout + result.stderr
+    return float(lines[-1].split(":")[1].split()[0])
+
+
+def test_the_backup_and_drill_jobs_are_sandboxed(host, repo):
+    assert exposure(repo, "pgbackrest-backup@full.service") <= 3.0
+    assert exposure(host, "pgbackrest-drill.service") <= 3.0
+
+
+def test_the_weekly_drill_passes_in_its_sandbox(host):
+    """The timer's service (the sandboxed unit, not the playbook's direct run) restores,
+    checks and cleans up like the playbook's drill."""
+    metrics_file = f"{TEXTFILE_DIR}/pgbackrest_drill.prom"
+    before = host.file(metrics_file).mtime
+    wait_archived(host)
+    result = host.run("systemctl start pgbackrest-drill.service")
+    journal = host.run("journalctl -u pgbackrest-drill.service -n 30 --no-pager").stdout
+    assert result.rc == 0, journal
+    assert f'"schema_head": "{SCHEMA_HEAD}"' in journal, journal
+    assert host.file(metrics_file).mtime > before
+    metrics = host.file(metrics_file).content_string
+    assert 'pgbackrest_drill_last_run_success{stanza="assistantapp"} 1' in metrics
+    assert host.run("find /var/lib/postgresql/pgbackrest-drill -mindepth 1").stdout == ""
