@@ -83,14 +83,20 @@ def test_exporters_reach_what_they_export(host):
                  timeout_s=30, interval_s=1)
         result = query(host, metric)
         assert [r["value"][1] for r in result] == ["1"], (metric, result)
-    # The PostgreSQL exporter's role reads pg_stat_activity (pg_monitor), max_connections too.
-    assert query(host, "pg_settings_max_connections"), "no pg_settings_max_connections"
-    activity = query(host, 'pg_stat_activity_count{datname="assistantapp"}')
-    assert activity, "no pg_stat_activity_count for the app database"
+    # The PostgreSQL exporter's role reads pg_stat_activity (pg_monitor), max_connections too
+    # (a scrape while the server restarted may have lacked them: waited for like pg_up).
+    for series in ("pg_settings_max_connections",
+                   'pg_stat_activity_count{datname="assistantapp"}'):
+        assert wait_for(lambda series=series: query(host, series), timeout_s=30, interval_s=1), \
+            f"no {series} within 30 s"
     # node-exporter in its sandbox still sees every filesystem and the textfiles.
-    collectors = query(host, 'node_scrape_collector_success{collector=~"filesystem|textfile"}')
-    assert sorted((r["metric"]["collector"], r["value"][1]) for r in collectors) == [
-        ("filesystem", "1"), ("textfile", "1")], collectors
+    def collectors() -> list[tuple[str, str]]:
+        found = query(host, 'node_scrape_collector_success{collector=~"filesystem|textfile"}')
+        return sorted((r["metric"]["collector"], r["value"][1]) for r in found)
+
+    wait_for(lambda: collectors() == [("filesystem", "1"), ("textfile", "1")], timeout_s=30,
+             interval_s=1)
+    assert collectors() == [("filesystem", "1"), ("textfile", "1")]
     assert query(host, 'node_filesystem_avail_bytes{mountpoint="/"}'), "no / filesystem"
 
 
