@@ -77,3 +77,9 @@ def active_ports(name: str) -> list[int]:
     host = remote(name)
     return [port for port in BLUE_GREEN_PORTS
             if host.run(f"systemctl is-active --quiet assistantapp@{port}").rc == 0]
+
+
+def tcp_connects(host, address: str, port: int) -> bool:
+    """Whether `host` opens a TCP connection to address:port (bash's /dev/tcp: no client
+    package needed; a dropped SYN ends with timeout's 124)."""
+    return host.run("timeout 3 bash -c %s", f"</dev/tcp/{address}/{port}").rc == 0

@@ -21,6 +21,7 @@ from multihost_scenario import (
     live_port,
     other_port,
     remote,
+    tcp_connects,
     wait_for,
 )
 
@@ -43,11 +44,6 @@ def fetch_json(host, url: str) -> dict:
 def scraped_targets(host) -> list[dict]:
     targets = fetch_json(host, f"{PROMETHEUS}/api/v1/targets")["data"]["activeTargets"]
     return targets if all(t["health"] != "unknown" for t in targets) else []
-
-
-def tcp_connects(host, address: str, port: int) -> bool:
-    # bash's /dev/tcp: no client package needed; a dropped SYN ends with timeout's 124.
-    return host.run("timeout 3 bash -c %s", f"</dev/tcp/{address}/{port}").rc == 0
 
 
 def test_prometheus_scrapes_every_host_over_the_private_network(host):

@@ -13,17 +13,13 @@ from multihost_scenario import (
     LB_HOST,
     live_port,
     remote,
+    tcp_connects,
     wait_for,
 )
 
 testinfra_hosts = [DATA_HOST]
 
 DATA_PORTS = [5432, 6379]
-
-
-def tcp_connects(host, address: str, port: int) -> bool:
-    # bash's /dev/tcp: no client package needed; a dropped SYN ends with timeout's 124.
-    return host.run("timeout 3 bash -c %s", f"</dev/tcp/{address}/{port}").rc == 0
 
 
 def peers(host, port: int) -> set[str]:
