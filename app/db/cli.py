@@ -1,19 +1,24 @@
-"""`python -m app db upgrade | downgrade (--to VERSION | --steps N) | current | history`.
+"""`python -m app db upgrade | downgrade (--to VERSION | --steps N) | current | history |
+plan | smoke`.
 
 The deployment records `current` (one line, the head version) for every release and
-rolls back with `downgrade --to <recorded head>`. Exit codes: 0 ok, 1 bad input or
-configuration, 2 database unreachable or migration failure.
+rolls back with `downgrade --to <recorded head>`. Before migrating it runs the new release's
+`plan` (one line of JSON: current, target, pending with destructive/reasons, destructive,
+unknown_head); after migrating, the live release's `smoke` (its ORM writes and reads every
+model in a transaction that is rolled back). Exit codes: 0 ok, 1 bad input or
+configuration, 2 database unreachable, migration failure or failed smoke test.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 
 from app.config import ConfigError, load_settings
-from app.db import migrate
+from app.db import migrate, smoke
 
 EXIT_OK = 0
 EXIT_USAGE = 1
@@ -44,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("current", parents=[common], help="print the applied head version")
     commands.add_parser("history", parents=[common],
                         help="list shipped versions and whether each is applied")
+    commands.add_parser("plan", parents=[common],
+                        help="one line of JSON: applied head, target, pending migrations and "
+                             "which are destructive (drop/rename a table or column, change a "
+                             "column type); changes nothing")
+    commands.add_parser("smoke", parents=[common],
+                        help="write, read and update one row of every model with this code's "
+                             "ORM in a transaction that is rolled back (schema compatibility)")
     return parser
 
 
@@ -70,11 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     except migrate.DatabaseUnavailableError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_DATABASE
+    except smoke.SmokeTestError as exc:
+        print(f"Error: schema smoke test failed: {exc}", file=sys.stderr)
+        return EXIT_DATABASE
     except migrate.MigrationError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # a failing migration: say which error, without a traceback
-        print(f"Error: migration failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        what = {"plan": "migration plan", "smoke": "schema smoke test"}.get(args.command,
+                                                                             "migration")
+        print(f"Error: {what} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_DATABASE
 
 
@@ -98,6 +115,11 @@ async def _dispatch(args: argparse.Namespace, database_url: str) -> int:
     elif args.command == "history":
         for status in await migrate.history(database_url):
             print(f"{status.name}\t{'applied' if status.applied else 'pending'}")
+    elif args.command == "plan":
+        print(json.dumps((await migrate.plan(database_url)).as_dict()))
+    elif args.command == "smoke":
+        count = await smoke.run(database_url)
+        print(f"Schema smoke test passed: {count} models written and read")
     return EXIT_OK
 
 

@@ -1,0 +1,149 @@
+"""What the fleet tests share: hosts and addresses from molecule.yml, the playbooks as an
+operator runs them, artifacts built from changed copies of the app, and readings of every
+app host and of the database."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import testinfra
+import yaml
+
+SCENARIO_DIR = Path(__file__).parent.parent
+PROJECT_DIR = SCENARIO_DIR.parent.parent
+EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
+MOLECULE_YML = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())
+PLATFORMS = {platform["name"]: platform for platform in MOLECULE_YML["platforms"]}
+
+LB_HOST = "fl-lb"
+APP_HOSTS = ["fl-app1", "fl-app2", "fl-app3"]
+CANARY = APP_HOSTS[0]
+DATA_HOST = "fl-data"
+SITE_URL = f"https://{PLATFORMS[LB_HOST]['address']}"
+APP_ROOT = "/opt/assistantapp"
+BLUE_GREEN_PORTS = (8001, 8002)
+CANARY_SECONDS = MOLECULE_YML["provisioner"]["inventory"]["group_vars"]["all"]["app_canary_seconds"]
+
+
+def ca_file() -> str:
+    return str(EPHEMERAL / "pki" / "ca.crt")
+
+
+def remote(name: str):
+    return testinfra.get_host(f"ansible://{name}",
+                              ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+
+
+def playbook_command(name: str, *args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("ansible-playbook")), "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"], str(PROJECT_DIR / "playbooks" / name), *args]
+
+
+def ansible_env() -> dict[str, str]:
+    return dict(os.environ, ANSIBLE_CONFIG=str(EPHEMERAL / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+
+
+def playbook(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Runs playbooks/<name> as an operator would, against the scenario's inventory."""
+    return subprocess.run(playbook_command(name, *args),  # noqa: S603 - our own playbooks
+                          env=ansible_env(), cwd=PROJECT_DIR, capture_output=True, text=True,
+                          timeout=1200, check=False)
+
+
+def output(result: subprocess.CompletedProcess[str]) -> str:
+    """stdout + stderr with YAML's line folding and quote doubling undone."""
+    return " ".join((result.stdout + result.stderr).split()).replace("''", "'")
+
+
+def build(name: str, *patches) -> str:
+    """An artifact from a copy of the project's app sources, changed by each patch(src)."""
+    src = EPHEMERAL / "sources" / name
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    for item in ("app", "pyproject.toml", "requirements.lock", "README.md"):
+        if (PROJECT_DIR / item).is_dir():
+            shutil.copytree(PROJECT_DIR / item, src / item,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy(PROJECT_DIR / item, src / item)
+    for patch in patches:
+        patch(src)
+    result = subprocess.run([str(PROJECT_DIR / "scripts/build-artifact"),  # noqa: S603
+                             "--source", str(src), "--output", str(EPHEMERAL / "artifacts")],
+                            capture_output=True, text=True, check=True, timeout=600)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def migration(number: int, name: str, upgrade_sql: str, downgrade_sql: str):
+    """A patch adding one aerich migration (its model state copied from a shipped one)."""
+    def patch(src: Path) -> None:
+        migrations = src / "app/db/migrations/models"
+        template = sorted(migrations.glob("1_*.py"))[0].read_text()
+        state = template[template.index("MODELS_STATE"):]
+        (migrations / f"{number}_2099123100{number:04d}_{name}.py").write_text(
+            "from tortoise import BaseDBAsyncClient\n\nRUN_IN_TRANSACTION = True\n\n\n"
+            "async def upgrade(db: BaseDBAsyncClient) -> str:\n"
+            f'    return """{upgrade_sql}"""\n\n\n'
+            "async def downgrade(db: BaseDBAsyncClient) -> str:\n"
+            f'    return """{downgrade_sql}"""\n\n\n' + state)
+    return patch
+
+
+def never_ready_on(hostname: str):
+    """A patch: the server refuses to start on one host (check-config still passes)."""
+    def patch(src: Path) -> None:
+        with (src / "app/__init__.py").open("a") as fh:
+            fh.write("\nimport os as _os\nimport socket as _socket\n\n"
+                     f"if _os.environ.get('PORT') and _socket.gethostname() == {hostname!r}:\n"
+                     "    raise SystemExit('fleet test: this build never becomes ready here')\n")
+    return patch
+
+
+def psql(sql: str) -> str:
+    result = remote(DATA_HOST).run("runuser -u postgres -- psql -d assistantapp -tAc %s", sql)
+    assert result.rc == 0, result.stderr
+    return result.stdout.strip()
+
+
+def head() -> str:
+    """The database's migration head as aerich records it."""
+    return psql("SELECT regexp_replace(version, '[.]py$', '') FROM aerich ORDER BY id DESC LIMIT 1")
+
+
+def table_exists(table: str) -> bool:
+    return psql(f"SELECT to_regclass('public.{table}') IS NOT NULL") == "t"
+
+
+def state(name: str) -> dict:
+    return json.loads(remote(name).file(f"{APP_ROOT}/state.json").content_string)
+
+
+def active_ports(name: str) -> list[int]:
+    host = remote(name)
+    return [port for port in BLUE_GREEN_PORTS
+            if host.run(f"systemctl is-active --quiet assistantapp@{port}").rc == 0]
+
+
+def fleet() -> dict[str, tuple[str, list[int], list[str]]]:
+    """Per app host: its recorded release, the ports systemd runs, its release directories."""
+    return {name: (state(name)["release"], active_ports(name),
+                   sorted(remote(name).file(f"{APP_ROOT}/releases").listdir()))
+            for name in APP_HOSTS}
+
+
+def unit_timestamp(name: str, unit: str, prop: str) -> float | None:
+    """A systemd timestamp of a unit on a host, as Unix time (None when never)."""
+    value = remote(name).check_output(
+        f"systemctl show --timestamp=unix -p {prop} --value {unit}").strip()
+    return float(value.lstrip("@")) if value.startswith("@") else None
+
+
+def ready_through_nginx() -> int:
+    with httpx.Client(verify=ca_file(), timeout=10, trust_env=False) as client:
+        return client.get(f"{SITE_URL}/health/ready").status_code
