@@ -27,7 +27,8 @@ def _size(item: Any, total: int) -> int:
             f"app_rollout_batches: '{item}' is neither a host count (>= 1) nor a "
             f"percentage in (0%, 100%]") from None
     if count < 1:
-        raise AnsibleFilterError(f"app_rollout_batches: a batch needs at least one host, got {count}")
+        raise AnsibleFilterError(
+            f"app_rollout_batches: a batch needs at least one host, got {count}")
     return count
 
 
