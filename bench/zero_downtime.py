@@ -173,8 +173,10 @@ class LoadRun:
     """Fixed-concurrency load bounded by a request count and a deadline."""
 
     def __init__(self, base_url: str, paths: list[str], concurrency: int, max_requests: int,
-                 max_seconds: float, timeout_s: float, verify: ssl.SSLContext | bool) -> None:
+                 max_seconds: float, timeout_s: float, verify: ssl.SSLContext | bool,
+                 keepalive: bool = True) -> None:
         self.base_url = base_url.rstrip("/")
+        self.keepalive = keepalive
         self.paths = paths
         self.concurrency = concurrency
         self.max_requests = max_requests
@@ -191,9 +193,11 @@ class LoadRun:
 
     async def run(self) -> None:
         # Each client keeps its own keep-alive connection, like a browser tab: a reload or a
-        # backend switch has to cope with connections that were open before it.
+        # backend switch has to cope with connections that were open before it. Without
+        # keep-alive every request opens its own connection (a client behind a proxy that
+        # does not pool, or a script).
         limits = httpx.Limits(max_connections=self.concurrency,
-                              max_keepalive_connections=self.concurrency)
+                              max_keepalive_connections=self.concurrency if self.keepalive else 0)
         async with httpx.AsyncClient(verify=self.verify, timeout=self.timeout_s, limits=limits,
                                      follow_redirects=False, trust_env=False) as client:
             workers = [asyncio.create_task(self._worker(client, n))
@@ -276,7 +280,8 @@ def format_ms(value: float | None) -> str:
 
 def print_report(stats: list[WindowStats], commands: list[CommandRecord], load: LoadRun) -> None:
     print(f"target {load.base_url}  paths {','.join(load.paths)}  "
-          f"concurrency {load.concurrency}")
+          f"concurrency {load.concurrency}  "
+          f"{'keep-alive' if load.keepalive else 'a new connection per request'}")
     for window in stats:
         gap_at = ("" if window.longest_gap_at is None
                   else f" (from t={window.longest_gap_at:.2f}s)")
@@ -465,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="file for the commands' output (default: this process's stderr)")
     parser.add_argument("--json", type=Path, help="write every request and the stats here")
     parser.add_argument("--allowed-failures", type=int, default=0)
+    parser.add_argument("--no-keepalive", action="store_true",
+                        help="a new connection for every request (default: keep-alive clients)")
     parser.add_argument("--self-test", action="store_true",
                         help="check the measurement against a local HTTPS server and exit")
     args = parser.parse_args(argv)
@@ -486,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = [p if p.startswith("/") else "/" + p for p in args.paths.split(",") if p]
     max_seconds = args.max_seconds if args.run else min(args.max_seconds, args.duration)
     load = LoadRun(args.url, paths, args.concurrency, args.max_requests, max_seconds,
-                   args.timeout, verify)
+                   args.timeout, verify, keepalive=not args.no_keepalive)
 
     log_handle = open(args.command_log, "ab") if args.command_log else None
     try:

@@ -27,6 +27,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: bytes
     at: float = field(default_factory=time.perf_counter)
+    client: str = ""  # the caller's address
 
     def json(self) -> Any:
         return json.loads(self.body or b"null")
@@ -58,6 +59,7 @@ class _Handler(BaseHTTPRequestHandler):
             query=parse_qs(parts.query),
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
+            client=str(self.client_address[0]),
         )
         with self.server.fake.lock:
             self.server.fake.requests.append(request)
@@ -86,8 +88,10 @@ class FakeServer:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> FakeServer:
-        server = _Server(("127.0.0.1", 0), _Handler)
+    def start(self, address: str = "127.0.0.1", port: int = 0) -> FakeServer:
+        """Serve on address:port (a free loopback port by default; a Molecule scenario binds
+        the test network's gateway so its hosts reach the fake)."""
+        server = _Server((address, port), _Handler)
         server.fake = self
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name=type(self).__name__,
@@ -114,7 +118,8 @@ class FakeServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        assert self._server is not None, "fake server is not started"
+        return f"http://{self._server.server_address[0]}:{self.port}"
 
     # -- helpers for subclasses ------------------------------------------------------------
     def handle(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
