@@ -251,13 +251,34 @@ def test_main_process_killed_takes_its_workers_and_the_port_along(server: Server
         os.killpg(server.proc.pid, signal.SIGKILL)
 
 
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live child processes of `pid`."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(") ", 1)[1].split()[1]) == pid and _alive(int(entry.name)):
+            children.append((int(entry.name), cmdline))
+    return children
+
+
 def test_sigterm_is_a_clean_stop_not_a_death_to_heal(server: Server) -> None:
     pids = wait_until(lambda: len(p := server.serving_pids()) == 2 and p, timeout=10)
     assert pids
+    trackers = [pid for pid, cmd in _children(server.proc.pid) if "resource_tracker" in cmd]
+    assert len(trackers) == 1, _children(server.proc.pid)
     os.kill(server.proc.pid, signal.SIGTERM)  # as systemd stops it (KillMode=mixed)
     assert server.proc.wait(timeout=20) == 0
     assert server.notify.times_of("STOPPING=1")
-    assert not any(_alive(pid) for pid in pids)
+    # Nothing outlives the main process, not even multiprocessing's resource tracker:
+    # systemd's final SIGKILL of a stop finds no process left to wait for.
+    assert not any(_alive(pid) for pid in [*pids, *trackers])
+    assert not Path(f"/proc/{trackers[0]}").exists()
 
 
 # --- the policy alone: a replacement that never comes up ends the instance -------------

@@ -40,6 +40,7 @@ Everything is standard library: sd_notify is one datagram on ``$NOTIFY_SOCKET``.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import ctypes
 import ctypes.util
 import logging
@@ -436,6 +437,9 @@ def setup_supervision(app: Sanic) -> None:
         sock = getattr(app.ctx, "heartbeat_socket", None)
         if sock is not None:
             sock.close()
+        # At the interpreter's exit, once Sanic has joined its workers (they hold the
+        # tracker's pipe too: stopping it earlier would wait for them).
+        atexit.register(_stop_resource_tracker)
 
     @app.after_server_start
     async def start_heartbeat(app: Sanic) -> None:
@@ -445,6 +449,24 @@ def setup_supervision(app: Sanic) -> None:
             return  # not a worker of a supervised main process (single process, tests)
         _die_with_parent(int(parent))
         app.add_task(_send_heartbeats(_socket_address(name)), name="supervision-heartbeat")
+
+
+def _stop_resource_tracker() -> None:
+    """Let multiprocessing's resource tracker (a child of this main process, started for
+    Sanic's workers) exit BEFORE the main process does. Left to notice the main process's
+    exit on its own, it is still alive when systemd sends the stop's final SIGKILL
+    (KillMode=mixed), and where systemd cannot read the unit's cgroup (containers on a
+    cgroup-v1 hybrid host) such a stop then waits the whole TimeoutStopSec, which follows
+    the stream timeout (minutes). `_stop()` is the stdlib's own way to end it: it closes
+    the tracker's pipe and reaps it (CPython 3.11-3.13)."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(getattr(resource_tracker, "_resource_tracker", None), "_stop", None)
+    if callable(stop):
+        try:
+            stop()
+        except Exception:  # never fail a clean stop over it
+            log.warning("could not stop the multiprocessing resource tracker", exc_info=True)
 
 
 def worker_gauges(app: Sanic) -> str:
