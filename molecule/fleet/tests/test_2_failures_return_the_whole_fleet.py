@@ -54,6 +54,14 @@ def unchanged_fleet():
     assert ready_through_nginx() == 200
 
 
+def timed_deploy(label: str, artifact: str):
+    """deploy.yml of `artifact`; prints its wall time (the figures of the closing note)."""
+    started = time.monotonic()
+    result = playbook("deploy.yml", "-e", f"app_artifact={artifact}")
+    print(f"{label}: deploy failed and returned in {time.monotonic() - started:.1f} s")
+    return result
+
+
 def dumps() -> list[str]:
     return sorted(remote(DATA_HOST).file("/var/backups/postgresql/predeploy").listdir())
 
@@ -65,7 +73,7 @@ def other_port(ports: list[int]) -> int:
 def test_a_canary_that_never_gets_ready_touches_no_other_host(unchanged_fleet):
     started = time.time()
     artifact = build("canary-broken", ADDITIVE, never_ready_on(CANARY))
-    result = playbook("deploy.yml", "-e", f"app_artifact={artifact}")
+    result = timed_deploy("canary never ready (abort)", artifact)
     text = output(result)
     assert result.returncode != 0, text[-4000:]
     # It never starts (systemd gives up) or never answers ready: either way, on the canary.
@@ -85,7 +93,7 @@ def test_a_canary_that_never_gets_ready_touches_no_other_host(unchanged_fleet):
 def test_a_later_batch_failing_returns_the_canary_and_then_the_database(unchanged_fleet):
     started = time.time()
     artifact = build("batch2-broken", WITNESSED, never_ready_on(APP_HOSTS[1]))
-    result = playbook("deploy.yml", "-e", f"app_artifact={artifact}")
+    result = timed_deploy("second batch never ready", artifact)
     text = output(result)
     assert result.returncode != 0, text[-4000:]
     assert f"(on {APP_HOSTS[1]})" in text, text[-4000:]
