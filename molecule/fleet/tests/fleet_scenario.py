@@ -138,10 +138,30 @@ def fleet() -> dict[str, tuple[str, list[int], list[str]]]:
 
 
 def unit_timestamp(name: str, unit: str, prop: str) -> float | None:
-    """A systemd timestamp of a unit on a host, as Unix time (None when never)."""
+    """A systemd timestamp of a running unit on a host, as Unix time (None when never).
+    A stopped instance of a template unit is unloaded and forgets its timestamps: use
+    unit_events() for those."""
     value = remote(name).check_output(
         f"systemctl show --timestamp=unix -p {prop} --value {unit}").strip()
     return float(value.lstrip("@")) if value.startswith("@") else None
+
+
+def unit_events(name: str, unit: str, since: float) -> dict[str, list[float]]:
+    """When systemd started and stopped `unit` on a host since `since` (Unix time), from
+    its journal: {"started": [...], "stopped": [...]}."""
+    out = remote(name).check_output(
+        f"journalctl -u {unit} --since @{int(since)} -o json --output-fields=MESSAGE "
+        "--no-pager")
+    events: dict[str, list[float]] = {"started": [], "stopped": []}
+    for line in out.splitlines():
+        entry = json.loads(line)
+        message = str(entry.get("MESSAGE", ""))
+        at = int(entry["__REALTIME_TIMESTAMP"]) / 1e6
+        if message.startswith("Started "):
+            events["started"].append(at)
+        elif message.startswith("Stopped "):
+            events["stopped"].append(at)
+    return events
 
 
 def ready_through_nginx() -> int:

@@ -27,7 +27,7 @@ from fleet_scenario import (
     ready_through_nginx,
     remote,
     table_exists,
-    unit_timestamp,
+    unit_events,
 )
 
 testinfra_hosts = [DATA_HOST]
@@ -86,8 +86,7 @@ def test_a_canary_that_never_gets_ready_touches_no_other_host(unchanged_fleet):
     # The other hosts never started the new release.
     for name in APP_HOSTS[1:]:
         port = other_port(unchanged_fleet[name][1])
-        entered = unit_timestamp(name, f"assistantapp@{port}", "ActiveEnterTimestamp")
-        assert entered is None or entered < started, (name, entered, started)
+        assert unit_events(name, f"assistantapp@{port}", started)["started"] == [], name
 
 
 def test_a_later_batch_failing_returns_the_canary_and_then_the_database(unchanged_fleet):
@@ -101,16 +100,15 @@ def test_a_later_batch_failing_returns_the_canary_and_then_the_database(unchange
     assert "The database is back at its start head" in text
     assert not table_exists("fleet_extra")
     # The canary served the new release, then stopped it; only then the downgrade ran.
-    canary_new = f"assistantapp@{other_port(unchanged_fleet[CANARY][1])}"
-    switched = unit_timestamp(CANARY, canary_new, "ActiveEnterTimestamp")
-    stopped = unit_timestamp(CANARY, canary_new, "InactiveEnterTimestamp")
+    canary = unit_events(CANARY, f"assistantapp@{other_port(unchanged_fleet[CANARY][1])}",
+                         started)
     downgraded = float(psql("SELECT extract(epoch FROM max(at)) FROM fleet_witness"))
-    assert switched is not None and started < switched < stopped < downgraded, \
-        (started, switched, stopped, downgraded)
+    assert len(canary["started"]) == 1 and len(canary["stopped"]) == 1, canary
+    assert started < canary["started"][0] < canary["stopped"][0] < downgraded, \
+        (started, canary, downgraded)
     # The third host never started the new release.
     third_new = f"assistantapp@{other_port(unchanged_fleet[APP_HOSTS[2]][1])}"
-    entered = unit_timestamp(APP_HOSTS[2], third_new, "ActiveEnterTimestamp")
-    assert entered is None or entered < started
+    assert unit_events(APP_HOSTS[2], third_new, started)["started"] == []
 
 
 def test_a_migration_failing_halfway_returns_to_the_exact_start_head(unchanged_fleet):
