@@ -359,6 +359,32 @@ class ServingProcess:
     state: ProcessState = ProcessState.ACKED
 
 
+def test_the_shared_state_names_the_serving_process_after_a_lost_update() -> None:
+    # Sanic's restart writes the new pid and the new worker's ack writes "ACKED", both as
+    # read-modify-write of one shared entry: under load the ack can write back the old pid
+    # (seen in CI: the Inspector's view named a dead worker for good).
+    shared = {"Sanic-Server-0-0": {"server": True, "pid": 100, "state": "ACKED", "starts": 2},
+              "Sanic-Server-0-1": {"server": True, "pid": 102, "state": "ACKED", "starts": 1}}
+    processes = [ServingProcess("Sanic-Server-0-0", 101), ServingProcess("Sanic-Server-0-1", 102)]
+    writes: list[str] = []
+
+    class RecordingState(dict):  # type: ignore[type-arg]
+        def __setitem__(self, key: str, value: dict[str, object]) -> None:
+            writes.append(key)
+            super().__setitem__(key, value)
+
+    state = RecordingState(shared)
+    supervisor = Supervisor(processes=lambda: processes, request_restart=pytest.fail,
+                            give_up=pytest.fail, expected_workers=2,
+                            notify=lambda message: True, shared_state=state)
+    supervisor.check()
+    supervisor.check()
+    assert state["Sanic-Server-0-0"] == {"server": True, "pid": 101, "state": "ACKED",
+                                         "starts": 2}
+    assert state["Sanic-Server-0-1"]["pid"] == 102
+    assert writes == ["Sanic-Server-0-0"]  # once, and only where it was wrong
+
+
 def test_a_worker_that_cannot_be_replaced_ends_the_instance() -> None:
     now = [0.0]
     restarts: list[str] = []

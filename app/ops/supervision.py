@@ -29,6 +29,11 @@ the missing supervision, in the main process, through Sanic's public extension p
     serving: a leak costs one worker's restart, not the whole instance to the cgroup's OOM
     killer (the unit's ``MemoryMax`` stays the outer bound). These restarts count towards
     the crash-loop limit below.
+  - Sanic's shared worker state (what ``app.m.workers``, the Inspector and /metrics read)
+    can name a replaced worker's old pid: the manager's restart and the new worker's
+    acknowledgement both rewrite the same entry without a lock, and under load the ack
+    can write back the entry it read before the manager recorded the new pid. The
+    supervisor knows the real process and writes its pid back once the worker serves.
   - under systemd (``Type=notify``) it sends ``READY=1`` once every worker serves, and
     ``WATCHDOG=1`` only while every serving worker's heartbeat is fresh. A worker whose
     event loop is blocked stops its heartbeat, the watchdog is no longer fed, and systemd
@@ -51,7 +56,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -188,6 +193,8 @@ class Supervisor:
     # 0: no per-worker memory limit. `memory_of` returns a pid's resident MiB.
     max_worker_memory_mib: int = 0
     memory_of: Callable[[int], float | None] = resident_mib
+    # Sanic's shared worker state (manager.worker_state); None: nothing to keep in step.
+    shared_state: MutableMapping[str, dict[str, Any]] | None = None
     last_memory_check: float = 0.0
     memory_restarted: set[int] = field(default_factory=set)
     watches: dict[str, WorkerWatch] = field(default_factory=dict)
@@ -225,6 +232,7 @@ class Supervisor:
                     if watch.serving_pid != process.pid:
                         watch.serving_pid = process.pid
                         watch.serving_since = now
+                        self._record_pid(name, process.pid)
                     if watch.down_since is not None:
                         log.warning("worker %s is back (pid %s) after %.1f s", name,
                                     process.pid, now - watch.down_since)
@@ -246,6 +254,20 @@ class Supervisor:
             self._check_replacement(name, watch, now)
         self._check_memory(now, serving)
         self._notify_systemd(now, serving)
+
+    def _record_pid(self, name: str, pid: int) -> None:
+        # Runs once a worker has acknowledged (its state only becomes ACKED after both
+        # unlocked writes), so nothing overwrites the pid written here.
+        if self.shared_state is None:
+            return
+        try:
+            entry = self.shared_state.get(name)
+            if entry is not None and entry.get("pid") != pid:
+                log.info("worker %s: shared state named pid %s, the serving process is %s",
+                         name, entry.get("pid"), pid)
+                self.shared_state[name] = {**entry, "pid": pid}
+        except (OSError, EOFError) as exc:  # the state's manager process is going away
+            log.warning("worker state unavailable: %s", exc)
 
     def _check_memory(self, now: float, serving: list[tuple[str, int]]) -> None:
         if (not self.max_worker_memory_mib or self.stopping
@@ -408,6 +430,7 @@ def setup_supervision(app: Sanic) -> None:
             heartbeat_socket=getattr(app.ctx, "heartbeat_socket", None),
             max_worker_memory_mib=getattr(app.config.get("SETTINGS"), "worker_max_memory_mb",
                                           0),
+            shared_state=manager.worker_state,
         )
         app.ctx.supervisor = supervisor
         # For /metrics (worker_gauges): the workers start after this listener.
