@@ -88,7 +88,7 @@ def render_local_env_file(tmp_path: Path, keys: dict[str, str]) -> dict[str, str
     out = tmp_path / "app.env"
     (tmp_path / "play.yml").write_text(ENV_FILE_PLAY.format(
         role_vars=ROOT / "roles/app/vars/main.yml",
-        template=ROOT / "roles/app/templates/opt/assistantapp/shared/app.env.j2", out=out))
+        template=ROOT / "roles/app/templates/opt/assistantapp/releases/app.env.j2", out=out))
     env = {k: v for k, v in os.environ.items() if k not in OPERATOR_KEYS}
     result = subprocess.run(
         [ANSIBLE_PLAYBOOK, "-i", str(inventory / "hosts.yml"), str(tmp_path / "play.yml"),

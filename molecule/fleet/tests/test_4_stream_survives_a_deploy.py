@@ -44,7 +44,7 @@ def access_token(user_id: int) -> str:
     script = ("from app.config import load_settings; "
               "from app.auth.tokens import create_access_token; "
               f"print(create_access_token({user_id}, "
-              "load_settings(env_file='/opt/assistantapp/shared/app.env')))")
+              "load_settings(env_file='/opt/assistantapp/current/app.env')))")
     return remote(APP_HOSTS[0]).check_output(
         "runuser -u assistantapp -- /opt/assistantapp/current/venv/bin/python -c %s",
         script).strip().splitlines()[-1]

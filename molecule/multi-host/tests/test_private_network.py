@@ -30,7 +30,7 @@ def peers(host, port: int) -> set[str]:
 
 @pytest.mark.parametrize("name", APP_HOSTS)
 def test_the_app_host_is_configured_for_the_data_host(name):
-    env = remote(name).file(f"{APP_ROOT}/shared/app.env").content_string
+    env = remote(name).file(f"{APP_ROOT}/current/app.env").content_string
     assert f"@{DATA_ADDRESS}:5432/" in env
     assert f"@{DATA_ADDRESS}:6379/" in env
 

@@ -7,7 +7,8 @@ timestamp) are deployed; rollbacks switch first and downgrade second, refuse wha
 dump; a failed downgrade leaves schema and data. restore.yml refuses without confirmation and
 then restores v2's pre-migration dump into a fresh database. Maintenance mode answers 503
 JSON/HTML with health probes still served. Last: a release that never becomes ready, a held
-lock and a bad config are refused before anything changes.
+lock and a bad config are refused before anything changes; the same code with other config
+is a release of its own, and a rollback brings the old config back.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def test_capacity_follows_the_worker_count(host, v1):
     memory_max = host.check_output("systemctl show -P MemoryMax assistantapp@%s",
                                    str(v1["live_port"]))
     assert int(memory_max) == (256 + 256 * 1) * 1024 * 1024
-    env = host.file(f"{APP_ROOT}/shared/app.env").content_string
+    env = host.file(f"{APP_ROOT}/current/app.env").content_string
     assert "maxsize=5" in env and "WORKERS='1'" in env
 
 
@@ -477,12 +478,49 @@ def test_breaking_a_stale_lock_lets_the_deploy_through(host):
 
 def test_a_bad_config_is_refused_before_anything_changes(host):
     before = state(host)
-    env_before = host.file(f"{APP_ROOT}/shared/app.env").content_string
+    env_before = host.file(f"{APP_ROOT}/current/app.env").content_string
+    releases_before = releases(host)
     result = ansible("deploy.yml", "-e", "app_jwt_secret=too-short")
     assert result.returncode != 0
     assert "JWT_SECRET must be at least 32 characters long" in output(result)
-    assert host.file(f"{APP_ROOT}/shared/app.env").content_string == env_before
+    assert host.file(f"{APP_ROOT}/current/app.env").content_string == env_before
     assert state(host) == before
+    assert releases(host) == releases_before  # the refused release's directory is gone
+    assert ready_through_nginx() == 200
+
+
+def instance_environment(host, port: int) -> str:
+    """The environment the instance's main process really runs with."""
+    pid = host.check_output("systemctl show -P MainPID assistantapp@%s", str(port))
+    return host.check_output("tr '\\0' '\\n' < /proc/%s/environ", pid)
+
+
+def test_config_is_part_of_the_release_and_a_rollback_brings_it_back(host):
+    before = state(host)
+    old_env = host.file(f"{APP_ROOT}/releases/{before['release']}/app.env").content_string
+    assert "LOG_LEVEL='info'" in old_env
+    changed = ansible("deploy.yml", "-e", "app_log_level=debug")
+    assert changed.returncode == 0, output(changed)[-3000:]
+    live = state(host)
+    # The same code with other config is a release of its own; the old one keeps its file.
+    assert live["release"] != before["release"]
+    assert live["source_digest"] == before["source_digest"]
+    new_env = host.file(f"{APP_ROOT}/current/app.env")
+    assert "LOG_LEVEL='debug'" in new_env.content_string
+    assert new_env.user == "assistantapp" and new_env.mode == 0o600
+    assert host.file(f"{APP_ROOT}/releases/{before['release']}/app.env").content_string == old_env
+    assert "LOG_LEVEL=debug" in instance_environment(host, live["live_port"]).splitlines()
+    # The same config again: nothing to deploy.
+    again = ansible("deploy.yml", "-e", "app_log_level=debug")
+    assert again.returncode == 0, output(again)[-3000:]
+    assert state(host) == live
+    # A rollback brings the old config back with the old release.
+    back = ansible("rollback.yml")
+    assert back.returncode == 0, output(back)[-3000:]
+    rolled = state(host)
+    assert rolled["release"] == before["release"]
+    assert host.file(f"{APP_ROOT}/current/app.env").content_string == old_env
+    assert "LOG_LEVEL=info" in instance_environment(host, rolled["live_port"]).splitlines()
     assert ready_through_nginx() == 200
 
 

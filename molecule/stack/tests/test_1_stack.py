@@ -134,7 +134,7 @@ def test_the_instance_runs_as_the_app_user_with_the_env_file(host):
     assert service.is_running and service.is_enabled
     assert host.process.filter(user="assistantapp", comm="sanic") or \
         host.process.filter(user="assistantapp")
-    env = host.file(f"{APP_ROOT}/shared/app.env")
+    env = host.file(f"{APP_ROOT}/current/app.env")
     assert env.user == "assistantapp" and env.mode == 0o600
 
 
@@ -286,7 +286,7 @@ def test_backups_are_scheduled_and_work(host):
 
 
 @pytest.mark.parametrize("path", ["/etc/nginx/tls/assistantapp.key",
-                                  "/opt/assistantapp/shared/app.env"])
+                                  "/opt/assistantapp/current/app.env"])
 def test_secrets_are_not_world_readable(host, path):
     assert host.file(path).mode & 0o077 == 0
 
