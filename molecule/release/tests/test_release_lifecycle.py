@@ -13,6 +13,7 @@ is a release of its own, and a rollback brings the old config back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -499,6 +500,17 @@ def test_config_is_part_of_the_release_and_a_rollback_brings_it_back(host):
     before = state(host)
     old_env = host.file(f"{APP_ROOT}/releases/{before['release']}/app.env").content_string
     assert "LOG_LEVEL='info'" in old_env
+    # --check --diff of a config change says so and prints no secret, old or new.
+    old_secret = "jwt-release-secret-0123456789abcdef0123456789"  # noqa: S105 - molecule.yml
+    new_secret = "jwt-release-secret-rotated-5c1e-0123456789abcdef"  # noqa: S105
+    assert f"JWT_SECRET='{old_secret}'" in old_env
+    checked = ansible("deploy.yml", "--check", "--diff", "-e", f"app_jwt_secret={new_secret}")
+    assert checked.returncode == 0, output(checked)[-3000:]
+    assert "why: config changed" in output(checked)
+    for secret in (old_secret, new_secret):
+        for form in (secret, hashlib.sha256(secret.encode()).hexdigest()):
+            assert form not in output(checked)
+    assert state(host) == before
     changed = ansible("deploy.yml", "-e", "app_log_level=debug")
     assert changed.returncode == 0, output(changed)[-3000:]
     live = state(host)
