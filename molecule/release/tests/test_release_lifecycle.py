@@ -8,7 +8,8 @@ dump; a failed downgrade leaves schema and data. restore.yml refuses without con
 then restores v2's pre-migration dump into a fresh database. Maintenance mode answers 503
 JSON/HTML with health probes still served. Last: a release that never becomes ready, a held
 lock and a bad config are refused before anything changes; the same code with other config
-is a release of its own, and a rollback brings the old config back.
+is a release of its own, a rollback brings the old config back, and a host of the older
+layout (one shared/app.env) gets a copy per release.
 """
 
 from __future__ import annotations
@@ -533,6 +534,24 @@ def test_config_is_part_of_the_release_and_a_rollback_brings_it_back(host):
     assert rolled["release"] == before["release"]
     assert host.file(f"{APP_ROOT}/current/app.env").content_string == old_env
     assert "LOG_LEVEL=info" in instance_environment(host, rolled["live_port"]).splitlines()
+    assert ready_through_nginx() == 200
+
+
+def test_a_host_of_the_older_layout_gets_a_config_copy_per_release(host):
+    # Before config was part of the release, one shared/app.env served every release.
+    before = state(host)
+    live_env = host.file(f"{APP_ROOT}/current/app.env").content_string
+    older = host.run(f"cp -p {APP_ROOT}/current/app.env {APP_ROOT}/shared/app.env"
+                     f" && rm {APP_ROOT}/releases/*/app.env")
+    assert older.rc == 0, older.stderr
+    result = ansible("deploy.yml")
+    assert result.returncode == 0, output(result)[-3000:]
+    assert state(host) == before  # same code, same config: nothing to deploy
+    assert not host.file(f"{APP_ROOT}/shared/app.env").exists
+    for release in releases(host):
+        copy = host.file(f"{APP_ROOT}/releases/{release}/app.env")
+        assert copy.content_string == live_env, release
+        assert copy.user == "assistantapp" and copy.mode == 0o600, release
     assert ready_through_nginx() == 200
 
 
