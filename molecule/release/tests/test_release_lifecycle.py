@@ -544,6 +544,11 @@ def test_a_host_of_the_older_layout_gets_a_config_copy_per_release(host):
     older = host.run(f"cp -p {APP_ROOT}/current/app.env {APP_ROOT}/shared/app.env"
                      f" && rm {APP_ROOT}/releases/*/app.env")
     assert older.rc == 0, older.stderr
+    # Its releases have no config of their own yet: a rollback is refused, nothing changes.
+    refused = ansible("rollback.yml")
+    assert refused.returncode != 0
+    assert "still have one shared/app.env for every release" in output(refused)
+    assert state(host) == before
     result = ansible("deploy.yml")
     assert result.returncode == 0, output(result)[-3000:]
     assert state(host) == before  # same code, same config: nothing to deploy
