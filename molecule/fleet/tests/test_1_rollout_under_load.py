@@ -1,7 +1,9 @@
 """A deploy of the three-app-host fleet under load through nginx: the canary switches
 first and is watched for app_canary_seconds, then the other batches; 0 failed requests;
 the database migrates once, before any host starts the new release. Then a rollback of
-the whole fleet under load. Wall times and request counts are printed."""
+the whole fleet under load. Around them, the rollbacks that must be refused: with nothing to
+roll back to, a second unnamed one, one to a newer release. Wall times and request counts
+are printed."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from fleet_scenario import (
     fleet,
     head,
     migration,
+    output,
+    playbook,
     playbook_command,
     remote,
     state,
@@ -58,6 +62,15 @@ def under_load(tmp_path, *command: str) -> tuple[dict, float, str]:
     text = log.read_text()
     assert measured.returncode == 0, measured.stdout + measured.stderr + text[-4000:]
     return json.loads(report.read_text())["windows"][0], wall, text
+
+
+def test_a_rollback_of_the_first_release_says_there_is_nothing_to_roll_back_to():
+    before = fleet()
+    result = playbook("rollback.yml")
+    assert result.returncode != 0
+    assert f"Nothing to roll back to: {before[CANARY][0]} is the first release deployed" \
+        in output(result)
+    assert fleet() == before
 
 
 def test_a_deploy_switches_the_canary_first_with_no_failed_request(tmp_path):
@@ -104,3 +117,20 @@ def test_a_rollback_returns_the_whole_fleet_and_then_the_database(tmp_path):
         assert now["release"] == live[name]["previous_release"], (name, now)
     assert not table_exists("fleet_probe")
     assert head() == state(CANARY)["migration_head"]
+
+
+def test_a_second_rollback_must_be_named_and_never_goes_to_a_newer_release():
+    before = fleet()
+    live = state(CANARY)
+    again = playbook("rollback.yml")
+    assert again.returncode != 0
+    assert f"{live['release']} is live because of a rollback" in output(again)
+    assert "name the target with -e app_rollback_to=<release id>" in output(again)
+    # The release just rolled away from is still installed, and newer than the live one
+    # (release ids start with their UTC deploy time).
+    newer = max(release for release in before[CANARY][2] if release > live["release"])
+    refused = playbook("rollback.yml", "-e", f"app_rollback_to={newer}")
+    assert refused.returncode != 0
+    assert f"Refusing to roll back to {newer}: it is newer than the live release " \
+           f"{live['release']}" in output(refused)
+    assert fleet() == before
