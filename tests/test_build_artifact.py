@@ -14,13 +14,14 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+
+from tests.release_sources import copy_release_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "scripts" / "build-artifact"
@@ -40,15 +41,7 @@ def pinned(name: str) -> str:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of what makes a release (not a git checkout: the commit is nogit.<digest>)."""
-    src = tmp_path_factory.mktemp("build-artifact") / "src"
-    src.mkdir()
-    for item in ("app", "pyproject.toml", "requirements.lock", "README.md"):
-        if (ROOT / item).is_dir():
-            shutil.copytree(ROOT / item, src / item,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy(ROOT / item, src / item)
-    return src
+    return copy_release_sources(tmp_path_factory.mktemp("build-artifact") / "src")
 
 
 def build(source: Path, *pythons: str) -> tuple[Path, str]:

@@ -17,6 +17,9 @@ import yaml
 
 SCENARIO_DIR = Path(__file__).parent.parent
 PROJECT_DIR = SCENARIO_DIR.parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+from tests.release_sources import copy_release_sources  # noqa: E402
+
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 MOLECULE_YML = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())
 PLATFORMS = {platform["name"]: platform for platform in MOLECULE_YML["platforms"]}
@@ -65,13 +68,7 @@ def build(name: str, *patches) -> str:
     """An artifact from a copy of the project's app sources, changed by each patch(src)."""
     src = EPHEMERAL / "sources" / name
     shutil.rmtree(src, ignore_errors=True)
-    src.mkdir(parents=True)
-    for item in ("app", "pyproject.toml", "requirements.lock", "README.md"):
-        if (PROJECT_DIR / item).is_dir():
-            shutil.copytree(PROJECT_DIR / item, src / item,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy(PROJECT_DIR / item, src / item)
+    copy_release_sources(src)
     for patch in patches:
         patch(src)
     result = subprocess.run([str(PROJECT_DIR / "scripts/build-artifact"),  # noqa: S603

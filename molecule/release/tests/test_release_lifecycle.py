@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,9 @@ import httpx
 import pytest
 
 PROJECT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(PROJECT))
+from tests.release_sources import copy_release_sources  # noqa: E402
+
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 ADDRESS = "10.213.0.41"
 SITE = f"https://{ADDRESS}"
@@ -55,13 +59,7 @@ def build(name: str, patch) -> str:
     """An artifact from a copy of the project's app sources, changed by patch(src)."""
     src = EPHEMERAL / "sources" / name
     shutil.rmtree(src, ignore_errors=True)
-    src.mkdir(parents=True)
-    for item in ("app", "pyproject.toml", "requirements.lock", "README.md"):
-        if (PROJECT / item).is_dir():
-            shutil.copytree(PROJECT / item, src / item,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        elif (PROJECT / item).exists():
-            shutil.copy(PROJECT / item, src / item)
+    copy_release_sources(src)
     patch(src)
     result = subprocess.run([str(PROJECT / "scripts/build-artifact"),  # noqa: S603
                              "--source", str(src),
