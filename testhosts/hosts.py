@@ -468,11 +468,38 @@ def start(name: str) -> str:
     return state
 
 
+def _host_side_veth(name: str) -> int | None:
+    """Interface index of the host's veth on the machine's side (the peer of its host0)."""
+    leader = leader_pid(name)
+    if leader is None:
+        return None
+    result = run(
+        ["nsenter", "-t", str(leader), "-n", "ip", "-o", "link", "show", "host0"], check=False
+    )
+    match = re.search(r"host0@if(\d+):", result.stdout)
+    return int(match.group(1)) if match else None
+
+
+def _wait_link_gone(index: int, timeout: float) -> bool:
+    """The kernel removes a dead namespace's veth pair in deferred work, after nspawn exited:
+    booting a host of the same name before that fails ("Failed to add new veth interfaces
+    ... File exists"), so a stop waits for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        links = run(["ip", "-o", "link", "show"], check=False).stdout
+        if not re.search(rf"^{index}: ", links, re.MULTILINE):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def stop(name: str) -> None:
-    """Power the host off (SIGTERM to nspawn via the supervisor); kill only if it hangs."""
+    """Power the host off (SIGTERM to nspawn via the supervisor); kill only if it hangs.
+    Returns once the host's network link is gone too."""
     supervisor = supervisor_pid(name)
     if supervisor is None:
         return
+    veth = _host_side_veth(name)
     os.kill(supervisor, signal.SIGTERM)
     deadline = time.monotonic() + settings.STOP_TIMEOUT_S
     while time.monotonic() < deadline and supervisor_pid(name) is not None:
@@ -490,6 +517,11 @@ def stop(name: str) -> None:
         os.kill(supervisor, signal.SIGKILL)
         (host_dir(name) / "supervisor.pid").unlink(missing_ok=True)
         (host_dir(name) / "nspawn.pid").unlink(missing_ok=True)
+    if veth is not None and not _wait_link_gone(veth, settings.STOP_TIMEOUT_S):
+        log(
+            f"{name}: its veth (index {veth}) still exists"
+            f" {settings.STOP_TIMEOUT_S:.0f}s after power-off"
+        )
     log(f"stopped {name}")
 
 

@@ -1,4 +1,5 @@
-"""testhosts without root: host specs, mirror discovery, NAT rules, the reboot-restart loop.
+"""testhosts: host specs, mirror discovery, NAT rules, the reboot-restart loop (without root,
+but for one veth pair).
 
 The real boot path (debootstrap, nspawn, bridge) is exercised by every Molecule scenario.
 """
@@ -9,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -186,8 +188,13 @@ def _run_all_sandbox(tmp_path: Path, durations: dict[str, float]) -> Path:
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "python").symlink_to(sys.executable)
+    # A failing scenario prints a failed task far above the tail of its log, as Ansible does.
+    failing = (
+        "printf 'TASK [r : Fine] ***\\nok: [h]\\nTASK [r : Breaks] ***\\n"
+        "fatal: [h]: FAILED! => boom\\n'; seq -f 'filler %g' 100; exit 3"
+    )
     cases = "".join(
-        f"  {name}) sleep {seconds}; {'exit 3' if name.startswith('bad') else 'true'};;\n"
+        f"  {name}) sleep {seconds}; {failing if name.startswith('bad') else 'true'};;\n"
         for name, seconds in durations.items()
     )
     fake_molecule = bin_dir / "molecule"
@@ -236,6 +243,10 @@ def test_run_all_runs_scenarios_side_by_side_and_ends_with_the_summary(tmp_path:
         "hostctl net-down",
     ]
     assert (sandbox / "run" / "bad.log").is_file()
+    # CI keeps only what is printed: the failed task itself, then the log's tail.
+    shown = result.stdout[result.stdout.index("--- first failed task") :].splitlines()
+    assert shown[1:3] == ["TASK [r : Breaks] ***", "fatal: [h]: FAILED! => boom"]
+    assert "filler 100" in result.stdout
     assert (sandbox / "run" / "durations").read_text().count("\n") == 3
 
 
@@ -304,3 +315,22 @@ def test_create_writes_apt_settings_seeds_the_cache_and_serialises_same_name_cre
     hosts.destroy("web-1")
     assert not hosts.host_dir("web-1").exists()
     assert (settings.apt_archives_dir("bookworm") / "less_590-2_amd64.deb").is_file()
+
+
+def test_stop_waits_for_the_kernel_to_remove_the_hosts_network_link() -> None:
+    """A host booted again right after a destroy (the backup scenario rebuilds its db host)
+    failed with "Failed to add new veth interfaces ... File exists": the kernel removes a
+    dead namespace's veth after nspawn has exited. A real veth pair stands in."""
+    name = f"aatest{os.getpid() % 100000}"
+    subprocess.run(
+        ["ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p"], check=True
+    )
+    try:
+        index = int(Path(f"/sys/class/net/{name}/ifindex").read_text())
+        assert hosts._wait_link_gone(index, timeout=0.3) is False
+        remover = threading.Timer(0.5, subprocess.run, (["ip", "link", "delete", name],))
+        remover.start()
+        assert hosts._wait_link_gone(index, timeout=10) is True
+        remover.join()
+    finally:
+        subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
