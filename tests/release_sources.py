@@ -1,9 +1,12 @@
 """What a release artifact is built from (`scripts/build-artifact --source DIR`), copied for
-the tests that build artifacts from a copy of the app, changed or not."""
+the tests that build artifacts from a copy of the app, changed or not; and the builds the
+Molecule scenarios deploy (release, fleet, multi-host)."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -21,3 +24,35 @@ def copy_release_sources(dest: Path) -> Path:
         elif (PROJECT_DIR / item).exists():
             shutil.copy(PROJECT_DIR / item, dest / item)
     return dest
+
+
+Patch = Callable[[Path], None]
+
+
+def build_artifact(workdir: Path, name: str, *patches: Patch) -> str:
+    """An artifact (its path) built from a copy of the project's app sources in
+    workdir/sources/<name>, changed by each patch(src), into workdir/artifacts."""
+    src = workdir / "sources" / name
+    shutil.rmtree(src, ignore_errors=True)
+    copy_release_sources(src)
+    for patch in patches:
+        patch(src)
+    result = subprocess.run([str(PROJECT_DIR / "scripts/build-artifact"),
+                             "--source", str(src), "--output", str(workdir / "artifacts")],
+                            capture_output=True, text=True, check=True, timeout=600)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def migration(number: int, name: str, upgrade_sql: str, downgrade_sql: str) -> Patch:
+    """A patch adding one aerich migration (its model state copied from a shipped one)."""
+    def patch(src: Path) -> None:
+        migrations = src / "app/db/migrations/models"
+        template = sorted(migrations.glob("1_*.py"))[0].read_text()
+        state = template[template.index("MODELS_STATE"):]
+        (migrations / f"{number}_2099123100{number:04d}_{name}.py").write_text(
+            "from tortoise import BaseDBAsyncClient\n\nRUN_IN_TRANSACTION = True\n\n\n"
+            "async def upgrade(db: BaseDBAsyncClient) -> str:\n"
+            f'    return """{upgrade_sql}"""\n\n\n'
+            "async def downgrade(db: BaseDBAsyncClient) -> str:\n"
+            f'    return """{downgrade_sql}"""\n\n\n' + state)
+    return patch

@@ -323,6 +323,11 @@ def test_restore_drill_passes_and_cleans_up(host):
     assert host.run("test -S /var/run/postgresql/.s.PGSQL.5499").rc != 0
     metrics = host.file(f"{TEXTFILE_DIR}/pgbackrest_drill.prom").content_string
     assert 'pgbackrest_drill_last_run_success{stanza="assistantapp"} 1' in metrics
+    # The recovery point it reports: the newest restored data is minutes old, not epoch 0.
+    age = re.search(r'"?data_age_at_drill_start_seconds"?:\s*(-?[0-9]+)', result.stdout)
+    assert age and 0 <= int(age.group(1)) < 900, result.stdout[-3000:]
+    record("drill_recovery_point_seconds", int(age.group(1)))
+    assert f'pgbackrest_drill_data_age_seconds{{stanza="assistantapp"}} {age.group(1)}' in metrics
 
 
 def test_repository_host_takes_ssh_only_from_the_db_host_and_the_controller(host, repo):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import yaml
 SCENARIO_DIR = Path(__file__).parent.parent
 PROJECT_DIR = SCENARIO_DIR.parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
-from tests.release_sources import copy_release_sources  # noqa: E402
+from tests.release_sources import build_artifact, migration  # noqa: E402, F401 - migration: for the tests
 
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 MOLECULE_YML = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())
@@ -66,30 +65,7 @@ def output(result: subprocess.CompletedProcess[str]) -> str:
 
 def build(name: str, *patches) -> str:
     """An artifact from a copy of the project's app sources, changed by each patch(src)."""
-    src = EPHEMERAL / "sources" / name
-    shutil.rmtree(src, ignore_errors=True)
-    copy_release_sources(src)
-    for patch in patches:
-        patch(src)
-    result = subprocess.run([str(PROJECT_DIR / "scripts/build-artifact"),  # noqa: S603
-                             "--source", str(src), "--output", str(EPHEMERAL / "artifacts")],
-                            capture_output=True, text=True, check=True, timeout=600)
-    return result.stdout.strip().splitlines()[-1]
-
-
-def migration(number: int, name: str, upgrade_sql: str, downgrade_sql: str):
-    """A patch adding one aerich migration (its model state copied from a shipped one)."""
-    def patch(src: Path) -> None:
-        migrations = src / "app/db/migrations/models"
-        template = sorted(migrations.glob("1_*.py"))[0].read_text()
-        state = template[template.index("MODELS_STATE"):]
-        (migrations / f"{number}_2099123100{number:04d}_{name}.py").write_text(
-            "from tortoise import BaseDBAsyncClient\n\nRUN_IN_TRANSACTION = True\n\n\n"
-            "async def upgrade(db: BaseDBAsyncClient) -> str:\n"
-            f'    return """{upgrade_sql}"""\n\n\n'
-            "async def downgrade(db: BaseDBAsyncClient) -> str:\n"
-            f'    return """{downgrade_sql}"""\n\n\n' + state)
-    return patch
+    return build_artifact(EPHEMERAL, name, *patches)
 
 
 def never_ready_on(hostname: str):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import pytest
 
 PROJECT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(PROJECT))
-from tests.release_sources import copy_release_sources  # noqa: E402
+from tests.release_sources import build_artifact  # noqa: E402
 
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 ADDRESS = "10.213.0.41"
@@ -57,15 +56,7 @@ def output(result: subprocess.CompletedProcess[str]) -> str:
 
 def build(name: str, patch) -> str:
     """An artifact from a copy of the project's app sources, changed by patch(src)."""
-    src = EPHEMERAL / "sources" / name
-    shutil.rmtree(src, ignore_errors=True)
-    copy_release_sources(src)
-    patch(src)
-    result = subprocess.run([str(PROJECT / "scripts/build-artifact"),  # noqa: S603
-                             "--source", str(src),
-                             "--output", str(EPHEMERAL / "artifacts")],
-                            capture_output=True, text=True, check=True, timeout=600)
-    return result.stdout.strip().splitlines()[-1]
+    return build_artifact(EPHEMERAL, name, patch)
 
 
 def add_probe_migration(src: Path) -> None:
