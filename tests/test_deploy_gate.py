@@ -269,6 +269,6 @@ def test_preflight_runs_against_the_local_inventory_and_prints_the_checklist(
     assert "controller: ✗ lint passed (ruff, mypy, yamllint, ansible-lint) — missing" in output
     assert "local1: ✗ connectivity: host unreachable over SSH" in output
     # The local inventory has no backup repository: nothing to check, said as such.
-    assert "local1: – WAL archiving: no `backup` group in this inventory" in output
+    assert "local1: \u2013 WAL archiving: no `backup` group in this inventory" in output
     assert run.returncode != 0
     assert "Pre-deployment checks failed" in output
