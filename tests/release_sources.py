@@ -29,16 +29,19 @@ def copy_release_sources(dest: Path) -> Path:
 Patch = Callable[[Path], None]
 
 
-def build_artifact(workdir: Path, name: str, *patches: Patch) -> str:
+def build_artifact(workdir: Path, name: str, *patches: Patch,
+                   pythons: tuple[str, ...] = ()) -> str:
     """An artifact (its path) built from a copy of the project's app sources in
-    workdir/sources/<name>, changed by each patch(src), into workdir/artifacts."""
+    workdir/sources/<name>, changed by each patch(src), into workdir/artifacts, with a
+    wheelhouse for each of `pythons` (build-artifact's default: 3.11 only)."""
     src = workdir / "sources" / name
     shutil.rmtree(src, ignore_errors=True)
     copy_release_sources(src)
     for patch in patches:
         patch(src)
     result = subprocess.run([str(PROJECT_DIR / "scripts/build-artifact"),
-                             "--source", str(src), "--output", str(workdir / "artifacts")],
+                             "--source", str(src), "--output", str(workdir / "artifacts"),
+                             *(arg for python in pythons for arg in ("--python-version", python))],
                             capture_output=True, text=True, check=True, timeout=600)
     return result.stdout.strip().splitlines()[-1]
 
