@@ -246,6 +246,92 @@ def restore(**extra_vars: str) -> subprocess.CompletedProcess[str]:
     return ansible(PROJECT / "playbooks" / "restore-pitr.yml", "-e", json.dumps(extra_vars))
 
 
+def test_a_rebuilt_db_host_gets_its_data_back_from_the_repository(host, repo):
+    """Issue 11, case 3 (destroys the db host; the tests after it run on the rebuilt one,
+    set up again by converge). While rows go in every half
+    second, PostgreSQL dies at once (SIGKILL, no shutdown checkpoint, no last archiving) and
+    the db host is destroyed and created again empty. converge (site.yml's plays) refuses to
+    archive or back up the new, empty cluster into the stanza and says how to get the data
+    back; restore-pitr.yml -e restore_latest=true does; converge passes again and archiving
+    goes on. The rows lost are at most what the archive timeout allows."""
+    # Every row the earlier tests wrote (by label and time) plus the count of the bulk rows:
+    # all of it was archived long before the host is lost.
+    untouched = (
+        "SELECT coalesce(string_agg(label || ' ' || written_at, E'\\n' ORDER BY id), '') || "
+        f"E'\\nbulk rows: ' || (SELECT count(*) FROM {PROBE_TABLE} WHERE label LIKE 'bulk-%') "
+        f"FROM {PROBE_TABLE} WHERE label NOT LIKE 'tick-%' AND label NOT LIKE 'bulk-%'"
+    )
+    expected_before = sql(host, untouched).splitlines()
+    info_before = repository_info(repo)
+    ticks = (
+        "DO $$ BEGIN FOR i IN 1..80 LOOP "
+        f"INSERT INTO {PROBE_TABLE} (label) VALUES ('tick-{RUN}-' || i); COMMIT; "
+        "PERFORM pg_sleep(0.5); END LOOP; END $$"
+    )
+    started = host.run(
+        "cd / && setsid -f runuser -u postgres -- psql -XAtq -d %s -c %s >/dev/null 2>&1",
+        DATABASE,
+        ticks,
+    )
+    assert started.rc == 0, started.stderr
+    time.sleep(ARCHIVE_TIMEOUT_S + 12)  # past one forced WAL switch, rows still going in
+    assert int(sql(host, f"SELECT count(*) FROM {PROBE_TABLE} WHERE label LIKE 'tick-{RUN}-%'"))
+    # What archiving had done when the host is lost (shown if the restore misses rows).
+    state_at_loss = sql(
+        host,
+        "SELECT pg_walfile_name(pg_current_wal_lsn()) || ' current, ' || "
+        "coalesce(last_archived_wal, '-') || ' archived at ' || "
+        "coalesce(last_archived_time::text, '-') "
+        "FROM pg_stat_archiver",
+        database="postgres",
+    )
+    lost_at = time.time()
+    host.run("pkill -KILL -u postgres")
+    hostctl = str(PROJECT / "testhosts" / "hostctl")
+    for command in (
+        [hostctl, "destroy", DB_HOST],
+        [hostctl, "up", f"{DB_HOST}:{DB_ADDRESS}:{PLATFORMS[DB_HOST]['distro']}"],
+    ):
+        result = subprocess.run(  # noqa: S603 - the project's own tool, fixed arguments
+            command, capture_output=True, text=True, timeout=600, check=False
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    # The controller's SSH master connection went with the old host.
+    for socket in (EPHEMERAL / "cp").glob(f"{DB_ADDRESS}-*"):
+        socket.unlink()
+    assert host.run("test -e /var/lib/postgresql").rc != 0, "the new db host is not empty"
+
+    refused = ansible(SCENARIO_DIR / "converge.yml")
+    output = plain(refused.stdout + refused.stderr)
+    assert refused.returncode != 0, output[-3000:]
+    assert "Refuse a db cluster the stanza does not belong to" in output
+    assert "restore_latest=true" in output and "system identifier" in output, output[-3000:]
+    info_refused = repository_info(repo)
+    assert info_refused["db"] == info_before["db"]
+    assert info_refused["backup"] == info_before["backup"]
+
+    started = time.monotonic()
+    result = restore(restore_latest=True, confirm_restore="assistantapp")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    record("rebuilt_db_host_restore_playbook_seconds", round(time.monotonic() - started, 1))
+    assert sql(host, untouched).splitlines() == expected_before, state_at_loss
+    newest_tick = float(
+        sql(
+            host,
+            f"SELECT extract(epoch FROM max(written_at)) FROM {PROBE_TABLE} "
+            f"WHERE label LIKE 'tick-{RUN}-%'",
+        )
+    )
+    loss = lost_at - newest_tick
+    record("rebuilt_db_host_data_loss_seconds", round(loss, 1))
+    # Bounded by archive_timeout (plus the push itself on a busy machine).
+    assert loss <= 2 * ARCHIVE_TIMEOUT_S, (loss, state_at_loss)
+
+    converged = ansible(SCENARIO_DIR / "converge.yml")
+    assert converged.returncode == 0, converged.stdout[-4000:]
+    wait_archived(host)
+
+
 def test_restore_refused_without_confirmation(host):
     started_at = sql(host, "SELECT pg_postmaster_start_time()")
     result = restore(restore_time="2000-01-01 00:00:00+00")
@@ -489,73 +575,3 @@ def test_repository_outage_queues_wal_and_archiving_catches_up(host, repo):
     recovered = preflight()
     assert recovered.returncode == 0, recovered.stdout[-3000:]
     assert f"{DB_HOST}: ✓ WAL archiving:" in plain(recovered.stdout)
-
-
-def test_a_rebuilt_db_host_gets_its_data_back_from_the_repository(host, repo):
-    """Issue 11, case 3 (destroys the db host: runs last). While rows go in every half
-    second, PostgreSQL dies at once (SIGKILL, no shutdown checkpoint, no last archiving) and
-    the db host is destroyed and created again empty. converge (site.yml's plays) refuses to
-    archive or back up the new, empty cluster into the stanza and says how to get the data
-    back; restore-pitr.yml -e restore_latest=true does; converge passes again and archiving
-    goes on. The rows lost are at most what the archive timeout allows."""
-    untouched = f"SELECT count(*) FROM {PROBE_TABLE} WHERE label NOT LIKE 'tick-%'"
-    expected_before = int(sql(host, untouched))
-    info_before = repository_info(repo)
-    ticks = (
-        "DO $$ BEGIN FOR i IN 1..80 LOOP "
-        f"INSERT INTO {PROBE_TABLE} (label) VALUES ('tick-{RUN}-' || i); COMMIT; "
-        "PERFORM pg_sleep(0.5); END LOOP; END $$"
-    )
-    started = host.run(
-        "cd / && setsid -f runuser -u postgres -- psql -XAtq -d %s -c %s >/dev/null 2>&1",
-        DATABASE,
-        ticks,
-    )
-    assert started.rc == 0, started.stderr
-    time.sleep(ARCHIVE_TIMEOUT_S + 12)  # past one forced WAL switch, rows still going in
-    assert int(sql(host, f"SELECT count(*) FROM {PROBE_TABLE} WHERE label LIKE 'tick-{RUN}-%'"))
-    lost_at = time.time()
-    host.run("pkill -KILL -u postgres")
-    hostctl = str(PROJECT / "testhosts" / "hostctl")
-    for command in (
-        [hostctl, "destroy", DB_HOST],
-        [hostctl, "up", f"{DB_HOST}:{DB_ADDRESS}:{PLATFORMS[DB_HOST]['distro']}"],
-    ):
-        result = subprocess.run(  # noqa: S603 - the project's own tool, fixed arguments
-            command, capture_output=True, text=True, timeout=600, check=False
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-    # The controller's SSH master connection went with the old host.
-    for socket in (EPHEMERAL / "cp").glob(f"{DB_ADDRESS}-*"):
-        socket.unlink()
-    assert host.run("test -e /var/lib/postgresql").rc != 0, "the new db host is not empty"
-
-    refused = ansible(SCENARIO_DIR / "converge.yml")
-    output = plain(refused.stdout + refused.stderr)
-    assert refused.returncode != 0, output[-3000:]
-    assert "Refuse a db cluster the stanza does not belong to" in output
-    assert "restore_latest=true" in output and "system identifier" in output, output[-3000:]
-    info_refused = repository_info(repo)
-    assert info_refused["db"] == info_before["db"]
-    assert info_refused["backup"] == info_before["backup"]
-
-    started = time.monotonic()
-    result = restore(restore_latest=True, confirm_restore="assistantapp")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    record("rebuilt_db_host_restore_playbook_seconds", round(time.monotonic() - started, 1))
-    assert int(sql(host, untouched)) == expected_before
-    newest_tick = float(
-        sql(
-            host,
-            f"SELECT extract(epoch FROM max(written_at)) FROM {PROBE_TABLE} "
-            f"WHERE label LIKE 'tick-{RUN}-%'",
-        )
-    )
-    loss = lost_at - newest_tick
-    record("rebuilt_db_host_data_loss_seconds", round(loss, 1))
-    # Bounded by archive_timeout (plus the push itself on a busy machine).
-    assert loss <= 2 * ARCHIVE_TIMEOUT_S, loss
-
-    converged = ansible(SCENARIO_DIR / "converge.yml")
-    assert converged.returncode == 0, converged.stdout[-4000:]
-    wait_archived(host)
