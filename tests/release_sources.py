@@ -46,13 +46,15 @@ def build_artifact(workdir: Path, name: str, *patches: Patch,
     return result.stdout.strip().splitlines()[-1]
 
 
-def migration(number: int, name: str, upgrade_sql: str, downgrade_sql: str) -> Patch:
-    """A patch adding one aerich migration (its model state copied from a shipped one)."""
+def migration(number: int, name: str, upgrade_sql: str, downgrade_sql: str,
+              stem: str = "") -> Patch:
+    """A patch adding one aerich migration (its model state copied from a shipped one), in
+    the file <stem>.py (default <number>_2099123100<number>_<name>: after the shipped ones)."""
     def patch(src: Path) -> None:
         migrations = src / "app/db/migrations/models"
         template = sorted(migrations.glob("1_*.py"))[0].read_text()
         state = template[template.index("MODELS_STATE"):]
-        (migrations / f"{number}_2099123100{number:04d}_{name}.py").write_text(
+        (migrations / f"{stem or f'{number}_2099123100{number:04d}_{name}'}.py").write_text(
             "from tortoise import BaseDBAsyncClient\n\nRUN_IN_TRANSACTION = True\n\n\n"
             "async def upgrade(db: BaseDBAsyncClient) -> str:\n"
             f'    return """{upgrade_sql}"""\n\n\n'

@@ -27,7 +27,7 @@ import pytest
 
 PROJECT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(PROJECT))
-from tests.release_sources import build_artifact  # noqa: E402
+from tests.release_sources import build_artifact, migration  # noqa: E402
 
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 ADDRESS = "10.213.0.41"
@@ -59,34 +59,23 @@ def build(name: str, patch) -> str:
     return build_artifact(EPHEMERAL, name, patch)
 
 
-def add_probe_migration(src: Path) -> None:
-    migrations = src / "app/db/migrations/models"
-    template = sorted(migrations.glob("1_*.py"))[0].read_text()
-    state = template[template.index("MODELS_STATE"):]
-    (migrations / f"{PROBE_MIGRATION}.py").write_text(
-        "from tortoise import BaseDBAsyncClient\n\nRUN_IN_TRANSACTION = True\n\n\n"
-        "async def upgrade(db: BaseDBAsyncClient) -> str:\n"
-        f'    return """CREATE TABLE "{PROBE_TABLE}" '
-        '("id" SERIAL PRIMARY KEY, "note" TEXT);"""\n\n\n'
-        "async def downgrade(db: BaseDBAsyncClient) -> str:\n"
-        f'    return """DROP TABLE IF EXISTS "{PROBE_TABLE}";"""\n\n\n' + state)
+add_probe_migration = migration(
+    90, "release_probe", f'CREATE TABLE "{PROBE_TABLE}" ("id" SERIAL PRIMARY KEY, "note" TEXT);',
+    f'DROP TABLE IF EXISTS "{PROBE_TABLE}";', stem=PROBE_MIGRATION)
+
+# A downgrade that writes the database's clock into a side table (release_witness) before
+# dropping its table: when the downgrade ran, seen from PostgreSQL.
+_witness_only = migration(
+    91, "release_probe3", f'CREATE TABLE "{WITNESS_TABLE}" ("id" SERIAL PRIMARY KEY);',
+    'CREATE TABLE IF NOT EXISTS "release_witness" ("at" TIMESTAMPTZ NOT NULL);\n'
+    'INSERT INTO "release_witness" VALUES (clock_timestamp());\n'
+    f'DROP TABLE IF EXISTS "{WITNESS_TABLE}";', stem=WITNESS_MIGRATION)
 
 
 def add_witness_migration(src: Path) -> None:
-    """v2's migration plus one whose downgrade writes the database's clock into a side table
-    (release_witness) before dropping its table: when the downgrade ran, seen from PostgreSQL."""
+    """v2's migration plus the witness one."""
     add_probe_migration(src)
-    migrations = src / "app/db/migrations/models"
-    template = sorted(migrations.glob("1_*.py"))[0].read_text()
-    state = template[template.index("MODELS_STATE"):]
-    (migrations / f"{WITNESS_MIGRATION}.py").write_text(
-        "from tortoise import BaseDBAsyncClient\n\nRUN_IN_TRANSACTION = True\n\n\n"  # noqa: S608
-        "async def upgrade(db: BaseDBAsyncClient) -> str:\n"
-        f'    return """CREATE TABLE "{WITNESS_TABLE}" ("id" SERIAL PRIMARY KEY);"""\n\n\n'
-        "async def downgrade(db: BaseDBAsyncClient) -> str:\n"
-        '    return """CREATE TABLE IF NOT EXISTS "release_witness" ("at" TIMESTAMPTZ NOT NULL);\n'
-        'INSERT INTO "release_witness" VALUES (clock_timestamp());\n'
-        f'DROP TABLE IF EXISTS "{WITNESS_TABLE}";"""\n\n\n' + state)
+    _witness_only(src)
 
 
 def never_ready(src: Path) -> None:
